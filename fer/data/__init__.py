@@ -4,6 +4,7 @@ Every source returns the same `Splits` (see `fer.data.splits`); `load` picks the
 source from what the path holds.
 """
 
+from fer.data.loading import describe_source, load
 from fer.data.splits import (
     EMOTIONS,
     IMAGE_SIZE,
@@ -24,4 +25,6 @@ __all__ = [
     "LabelMode",
     "Split",
     "Splits",
+    "describe_source",
+    "load",
 ]

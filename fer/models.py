@@ -1,0 +1,77 @@
+"""The two networks the project compares: `baseline` (phase 1) and `final` (phase 2).
+
+Both take raw 48x48x1 pixel values (0-255) and rescale inside the model, so a
+logged model serves raw faces with no preprocessing step to forget. Rescaling
+has no weights: the parameter counts below are the convolutional networks'.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from fer.data.splits import IMAGE_SIZE, NUM_CLASSES
+
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inputs = keras.Input(shape=INPUT_SHAPE, name="face")
+    return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+
+
+def build_baseline(num_classes: int = NUM_CLASSES) -> keras.Model:
+    """Phase-1 baseline: a small CNN, 684,712 parameters (about an eighth of `final`).
+
+    Three conv blocks (32, 64, 128 filters): Conv2D 3x3 -> BatchNorm -> ReLU ->
+    MaxPool 2x2 -> Dropout 0.25, then Flatten -> Dense 128 -> BatchNorm ->
+    ReLU -> Dropout 0.5 -> Dense softmax. One conv per block and a narrow head:
+    the point of phase 1 is a quick, honest reference for phase 2 to beat.
+    """
+    inputs, x = _inputs()
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.25)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="baseline")
+
+
+def build_final(num_classes: int = NUM_CLASSES, l2: float = 1e-4) -> keras.Model:
+    """Phase-2 final model: VGG-style, 5,873,096 parameters (2,816 non-trainable).
+
+    Three blocks of [Conv2D 3x3 same -> ReLU -> BatchNorm] x 2 -> MaxPool 2x2 ->
+    Dropout, with 64, 128 and 256 filters and dropout 0.2, 0.3, 0.4; then
+    Flatten (6x6x256 = 9,216) -> Dense 512 with L2 -> ReLU -> BatchNorm ->
+    Dropout 0.5 -> Dense softmax.
+    """
+    inputs, x = _inputs()
+    for filters, dropout in ((64, 0.2), (128, 0.3), (256, 0.4)):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(dropout)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu", kernel_regularizer=keras.regularizers.l2(l2))(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="final")
+
+
+BUILDERS = {"baseline": build_baseline, "final": build_final}
+
+
+def build_model(name: str) -> keras.Model:
+    """The model called `name` ("baseline" or "final")."""
+    if name not in BUILDERS:
+        raise ValueError(f"model must be one of {', '.join(BUILDERS)}; got {name!r}")
+    return BUILDERS[name]()

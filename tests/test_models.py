@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from fer.models import build_model
+
+
+def _non_trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+
+
+def test_final_model_has_exactly_the_specified_parameters():
+    model = build_model("final")
+    assert model.count_params() == 5_873_096
+    assert _non_trainable(model) == 2_816
+
+
+def test_final_model_flattens_to_9216_features_and_outputs_8_probabilities():
+    model = build_model("final")
+    flatten = next(layer for layer in model.layers if layer.name.startswith("flatten"))
+    assert flatten.output.shape[-1] == 9_216
+    assert model.input_shape == (None, 48, 48, 1)
+    probabilities = model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
+    assert probabilities.shape == (2, 8)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_final_model_dropout_rises_from_0_2_and_head_uses_l2():
+    model = build_model("final")
+    rates = [layer.rate for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    assert rates == [0.2, 0.3, 0.4, 0.5]
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    assert dense[0].units == 512 and dense[0].kernel_regularizer is not None
+
+
+def test_baseline_is_clearly_smaller_than_final():
+    assert build_model("baseline").count_params() < build_model("final").count_params() / 4
+
+
+def test_unknown_model_name_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="baseline, final.*'vgg'"):
+        build_model("vgg")

@@ -1,0 +1,37 @@
+"""The two ways of installing the project must ask for the same things."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _normalise(requirement: str) -> str:
+    return re.sub(r"\s+", "", requirement).lower()
+
+
+def test_conda_env_pins_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(map(_normalise, pip_section)) == sorted(map(_normalise, project["dependencies"]))
+    python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert project["requires-python"] == ">=3.11" and python == "python=3.11"
+
+
+def test_distribution_name_does_not_collide_with_pypi_fer_but_imports_as_fer():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] != "fer"
+    assert project["scripts"]["fer"] == "fer.cli:main"
+    assert (ROOT / "fer" / "__init__.py").exists()
+
+
+def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert mlproject["conda_env"] == "conda.yaml"
+    for name in ("phase1", "phase2"):
+        params = mlproject["entry_points"][name]["parameters"]
+        assert {"data", "epochs", "batch_size", "seed"} <= set(params)
