@@ -1,0 +1,84 @@
+"""The `fer` command: thin click wrappers that parse, call the library, and print."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
+
+import click
+
+from fer.config import ConfigError, load_config
+from fer.data.splits import DataError, LabelMode
+from fer.tracking import DEFAULT_EXPERIMENT
+
+
+def _blank_is_none(ctx, param, value):
+    """MLproject passes "" for parameters left at "use the experiment file's value"."""
+    return None if value in ("", None) else value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Train, compare, register and serve facial expression recognition models, tracked in MLflow."""
+
+
+@main.command()
+@click.argument("phase")
+@click.option("--data", callback=_blank_is_none, help="FER+ folder, fer2013.csv, image-folder tree, or synthetic[:N].")
+@click.option("--epochs", callback=_blank_is_none, help="Override the phase's number of epochs.")
+@click.option("--batch-size", "batch_size", callback=_blank_is_none, help="Override the batch size.")
+@click.option("--seed", callback=_blank_is_none, help="Override the random seed.")
+@click.option("--learning-rate", "learning_rate", callback=_blank_is_none, help="Override the initial learning rate.")
+@click.option("--model", callback=_blank_is_none, help="Override the model: baseline or final.")
+@click.option("--label-mode", "label_mode", callback=_blank_is_none, help="majority or probability.")
+@click.option("--skip-bad", "skip_bad", callback=_blank_is_none, help="true: skip unreadable images, counting them.")
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. augmentation.rotation=10."
+)
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
+@click.option("--no-cache", is_flag=True, help="Decode the data again even if a cached copy exists.")
+def train(phase, experiment, no_cache, settings, **overrides):
+    """Train PHASE (phase1, phase2, or a YAML file) as one MLflow run."""
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {setting!r}", param_hint="--set")
+        overrides[key.strip()] = value.strip()
+    try:
+        config = load_config(phase, overrides)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    from fer.train import train as run_training  # TensorFlow loads only once the input is known good
+
+    try:
+        run_training(config, experiment=experiment, use_cache=not no_cache)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@main.group()
+def data():
+    """Inspect data sources."""
+
+
+@data.command()
+@click.argument("path", required=False, default="synthetic")
+@click.option("--label-mode", type=click.Choice([m.value for m in LabelMode]), default="majority", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="data_inspect.png", show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and malformed rows, counting them.")
+def inspect(path, label_mode, output, skip_bad):
+    """Print per-split class counts and imbalance for PATH; write sample faces and the class distribution."""
+    from fer import data as fer_data
+    from fer.data.inspect import describe, plot_overview
+
+    try:
+        splits = fer_data.load(path, label_mode=label_mode, skip_bad=skip_bad)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(describe(splits))
+    click.echo(f"Figure: {plot_overview(splits, output)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""One training run: configuration in, a complete MLflow run out.
+
+Read top to bottom, `train` is the whole story of a run:
+
+1. data: load the splits the configuration names (cached after the first decode);
+2. pipeline: tf.data batches, augmented for training only;
+3. model: build and compile the phase's network;
+4. training: `model.fit` under Keras autologging (params, per-epoch metrics,
+   model summary), with the learning rate recorded every epoch;
+5. reports: history (JSON and pickle), history plots, best-performance text;
+6. evaluation: test split (validation where there is none): accuracy,
+   macro-F1, per-class metrics, confusion matrix, classification report;
+7. model: logged with a signature and an input example, ready for the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from sklearn.utils.class_weight import compute_class_weight
+
+from fer import data as fer_data
+from fer import reports
+from fer.config import TrainConfig
+from fer.data.splits import EMOTIONS, Split, Splits
+from fer.models import build_model
+from fer.pipeline import make_dataset
+from fer.serving import log_emotion_model
+from fer.tracking import (
+    TAG_DATA_SOURCE,
+    TAG_EVAL_SPLIT,
+    TAG_LABEL_MODE,
+    TAG_MODEL,
+    TAG_PHASE,
+    configure_tracking,
+)
+
+MODEL_ARTIFACT = "model"
+EVAL_PREFIX = "eval"
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the rate the optimizer used in this epoch into the epoch's logs as `learning_rate`.
+
+    It must run before callbacks that change the rate (ReduceLROnPlateau) and
+    before the loggers (History, MLflow autologging), so the value recorded
+    for epoch e is the one epoch e trained with, and a step shows at the epoch
+    that first ran at the new rate.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True) -> str:
+    """Train `config` as one MLflow run and return its run id."""
+    configure_tracking(experiment)
+
+    # 1. Data
+    splits = fer_data.load(
+        config.data,
+        label_mode=config.label_mode,
+        skip_bad=config.skip_bad,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        use_cache=use_cache,
+    )
+    _print_data_summary(splits)
+
+    # 2. Pipeline
+    keras.utils.set_random_seed(config.seed)
+    train_ds = make_dataset(
+        splits.train, config.batch_size, training=True, augmentation=config.augmentation, seed=config.seed
+    )
+    val_ds = make_dataset(splits.val, config.batch_size, training=False)
+
+    # 3. Model
+    model = build_model(config.model)
+    model.compile(
+        optimizer=_optimizer(config),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+    # 4. Training, tracked. The model and data sets are logged by hand below:
+    # autologging's model has no input example, and its dataset logging would
+    # iterate the augmented tf.data pipeline instead of the source arrays.
+    mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
+    with mlflow.start_run(run_name=_run_name(config)) as run:
+        mlflow.set_tags(
+            {
+                TAG_PHASE: config.phase,
+                TAG_MODEL: config.model,
+                TAG_DATA_SOURCE: splits.source,
+                TAG_LABEL_MODE: splits.label_mode.value,
+                TAG_EVAL_SPLIT: splits.eval_split_name,
+                "mlflow.runName": _run_name(config),
+            }
+        )
+        # Prefixed: `mlflow run` logs its raw -P values (epochs="''" when left
+        # empty) and autologging logs fit()'s arguments under the bare names.
+        mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
+        _log_data(splits)
+
+        started = time.monotonic()
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=_callbacks(config),
+            class_weight=_class_weights(config, splits.train),
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        mlflow.log_metric("train_seconds", time.monotonic() - started)
+
+        # 5. Reports on the history
+        best = _log_history(history.history, config)
+
+        # 6. Evaluation
+        evaluation = _evaluate(model, splits, config.batch_size)
+
+        # 7. The model, ready for pyfunc and the registry
+        _log_model(model, splits.val)
+
+    print(f"\n{best.to_text()}")
+    print(
+        f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}"
+        f"\nRun {run.info.run_id} in {mlflow.get_tracking_uri()}"
+    )
+    return run.info.run_id
+
+
+def _run_name(config: TrainConfig) -> str:
+    return f"{config.phase}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_data_summary(splits: Splits) -> None:
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    print(f"Data: {splits.source} ({splits.location}), {splits.label_mode.value} labels: {sizes}")
+    for name, count in splits.dropped.items():
+        if count:
+            print(f"  {name}: {count} images dropped by the {splits.label_mode.value} label rule")
+    if splits.bad:
+        print(f"  {len(splits.bad)} bad images or rows skipped (skip_bad); first: {splits.bad[0]}")
+
+
+def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    return optimizers[config.optimizer](learning_rate=config.learning_rate)
+
+
+def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    callbacks = [
+        LearningRateLogger(),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=config.reduce_lr.monitor,
+            factor=config.reduce_lr.factor,
+            patience=config.reduce_lr.patience,
+            min_lr=config.reduce_lr.min_lr,
+            verbose=1,
+        ),
+    ]
+    stop = config.early_stopping
+    if stop.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=stop.monitor,
+                patience=stop.patience,
+                restore_best_weights=stop.restore_best_weights,
+                verbose=1,
+            )
+        )
+    return callbacks
+
+
+def _class_weights(config: TrainConfig, train: Split) -> dict[int, float] | None:
+    """'balanced' weights each present class by n / (k * n_class); absent classes get none."""
+    if config.class_weight == "none":
+        return None
+    present = np.unique(train.labels)
+    weights = compute_class_weight("balanced", classes=present, y=train.labels)
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def _log_data(splits: Splits) -> None:
+    """Each split as an MLflow dataset input (with a content digest), plus any drop counts."""
+    source = splits.location if splits.source != "synthetic" else CodeDatasetSource(tags={"generator": splits.location})
+    contexts = {"train": "training", "val": "validation", "test": "testing"}
+    for name, split in splits.items():
+        dataset = mlflow.data.from_numpy(
+            features=split.images,
+            targets=split.labels,
+            source=source,
+            name=f"{splits.source}-{name}",
+        )
+        mlflow.log_input(dataset, context=contexts[name])
+        mlflow.log_param(f"data.{name}_size", len(split))
+    for name, count in splits.dropped.items():
+        mlflow.log_param(f"data.{name}_dropped", count)
+    mlflow.log_metric("data_bad_items", len(splits.bad))
+    if splits.bad:
+        mlflow.log_text("\n".join(str(item) for item in splits.bad), "data/bad_items.txt")
+
+
+def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
+    history = {key: [float(v) for v in values] for key, values in history.items()}
+    best = reports.best_performance(history)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "history.json").write_text(json.dumps(history, indent=2))
+        # For notebooks that expect a pickled History.history; never read back by this project.
+        with open(tmp / "history.pkl", "wb") as f:
+            pickle.dump(history, f)
+        (tmp / "best_performance.txt").write_text(best.to_text() + "\n")
+        mlflow.log_artifact(str(tmp / "history.json"))
+        mlflow.log_artifact(str(tmp / "history.pkl"))
+        mlflow.log_artifact(str(tmp / "best_performance.txt"))
+        plot = reports.plot_history(history, tmp / "history.png", title=f"{config.phase}: {config.model}")
+        mlflow.log_artifact(str(plot), artifact_path="plots")
+    mlflow.log_metrics({f"best_{k}": v for k, v in best.to_dict().items()})
+    return best
+
+
+def _evaluate(model: keras.Model, splits: Splits, batch_size: int) -> reports.Evaluation:
+    # predict, not evaluate: evaluate would fire autologging's validation hooks
+    # and record test numbers under validation names.
+    split_name = splits.eval_split_name
+    split = getattr(splits, split_name)
+    probabilities = model.predict(make_dataset(split, batch_size, training=False), verbose=0)
+    evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
+    mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
+    mlflow.log_text(evaluation.report_text, "classification_report.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        title = f"Confusion matrix ({split_name}, row-normalized)"
+        path = reports.plot_confusion_matrix(evaluation.confusion, EMOTIONS, Path(tmp) / "confusion_matrix.png", title)
+        mlflow.log_artifact(str(path), artifact_path="plots")
+    return evaluation
+
+
+def _log_model(model: keras.Model, examples: Split) -> None:
+    log_emotion_model(model, examples.images[:2, ..., np.newaxis].astype(np.float32), name=MODEL_ARTIFACT)
