@@ -1,0 +1,224 @@
+"""Shared by the file-based loaders: bad-item bookkeeping, CSV reading and face decoding.
+
+A loader makes one `BadItems` per load, reports every unusable image or row to
+it during the pass, and calls `raise_if_any()` at the end: with skip_bad=False
+that fails once, listing the first few problems and the total; with
+skip_bad=True the problems are kept and returned in `Splits.bad`.
+
+Errors from PIL, numpy, the csv module or the file system never escape raw:
+they become a `DataError` (or a `BadImage` reason) that names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fer.data.splits import IMAGE_SIZE, BadItem, DataError
+
+# How many bad items a failing load lists before "... and N more".
+MAX_LISTED = 5
+
+# Pillow's BILINEAR resize widens its kernel by the scale factor when it
+# shrinks an image, so every source pixel contributes (area-like averaging, no
+# aliasing, unlike OpenCV's INTER_LINEAR); when it enlarges a small face it
+# interpolates smoothly, where BOX / AREA would give blocky pixels. One filter
+# that is right in both directions.
+RESAMPLE = Image.Resampling.BILINEAR
+
+SKIP_HINT = "or load with skip_bad=True (CLI: --skip-bad) to leave them out and count them in Splits.bad"
+
+Progress = Callable[[Iterable, int, str], Iterable]
+
+
+class BadImage(Exception):
+    """One image that cannot be used; str(err) says why (without the file name)."""
+
+
+class BadItems:
+    """The unusable images and rows met during one load."""
+
+    def __init__(self, what: str, skip_bad: bool):
+        self.what = what  # e.g. "FER+ data in /data/ferplus"
+        self.skip_bad = skip_bad
+        self.items: list[BadItem] = []
+        self._first_error: BaseException | None = None
+
+    def add(self, location: str | Path, reason: str, error: BaseException | None = None) -> None:
+        self.items.append(BadItem(str(location), reason))
+        if self._first_error is None and error is not None:
+            self._first_error = error
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raise_if_any(self) -> None:
+        """Fail listing the first MAX_LISTED problems and the total, unless skipping."""
+        if not self.items or self.skip_bad:
+            return
+        total = len(self.items)
+        listed = "\n".join(f"  - {item}" for item in self.items[:MAX_LISTED])
+        more = f"\n  ... and {total - MAX_LISTED} more" if total > MAX_LISTED else ""
+        noun = "item" if total == 1 else "items"
+        raise DataError(
+            f"{total} bad {noun} in {self.what}:\n{listed}{more}\n"
+            f"Fix or remove {'it' if total == 1 else 'them'}, {SKIP_HINT}."
+        ) from self._first_error
+
+    def result(self) -> tuple[BadItem, ...]:
+        return tuple(self.items)
+
+
+def iterate(progress: Progress | None, iterable: Iterable, total: int, desc: str) -> Iterable:
+    """`iterable`, wrapped in the caller's progress display when there is one."""
+    return iterable if progress is None else progress(iterable, total, desc)
+
+
+def require_dir(path: Path, what: str, hint: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {str(path)!r} does not exist. {hint}")
+    if not path.is_dir():
+        raise DataError(f"{what} {str(path)!r} is not a folder. {hint}")
+
+
+def require_file(path: Path, what: str, hint: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {str(path)!r} does not exist. {hint}")
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} is not a file. {hint}")
+
+
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) for each non-blank row of a CSV file; 1-based physical line numbers.
+
+    A row spanning several lines (a quoted newline) is numbered by its first line.
+    Unreadable files, bytes that are not UTF-8 text and malformed CSV become a
+    DataError naming the file and line.
+    """
+    line = 1
+    try:
+        with open(path, "rb") as file:
+            reader = csv.reader(_text_lines(path, file))
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    yield line, row
+                line = reader.line_num + 1
+    except csv.Error as err:
+        raise DataError(f"{path}, line {line}: not valid CSV ({err}). Fix the file or re-export it as CSV.") from err
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.") from err
+
+
+def _text_lines(path: Path, file) -> Iterator[str]:
+    """The file's lines decoded one at a time, so an undecodable byte is reported on its own line."""
+    for number, data in enumerate(file, 1):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}, line {number}: not UTF-8 text (undecodable byte at column {err.start + 1}). "
+                "Check that the file is the CSV and not an archive or image, and save it as UTF-8."
+            ) from err
+        yield text[1:] if number == 1 and text.startswith("\ufeff") else text
+
+
+def count_lines(path: Path) -> int:
+    """Newline-terminated lines in a file (plus a last unterminated one), read in binary chunks."""
+    count = 0
+    last = b"\n"
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 22):
+                count += chunk.count(b"\n")
+                last = chunk[-1:]
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.") from err
+    return count + (last != b"\n")
+
+
+def read_face(path: Path, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
+    """The image at `path` as a uint8 48x48 grayscale face; BadImage(reason) if it cannot be."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadImage("the image file is missing") from None
+    except IsADirectoryError:
+        raise BadImage("is a folder, not an image file") from None
+    except OSError as err:
+        raise BadImage(f"cannot read the file ({err.strerror or err})") from err
+    if not data:
+        raise BadImage("the file is empty (0 bytes)")
+    return decode_face(data, box=box, exif=exif)
+
+
+def decode_face(data: bytes, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
+    """Encoded image bytes -> uint8 48x48 grayscale; BadImage(reason) if they are not a usable image.
+
+    Any size and mode: colour, alpha and palette images are converted to luma
+    ("L"), 16-bit and 32-bit ones scaled down to 8 bits, then resized to 48x48.
+    `box` (left, top, right, bottom) crops first, where it is not the whole image.
+    `exif` applies the EXIF orientation (phone photos).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            full = (0, 0, *image.size)
+            if image.mode == "L" and image.size == (IMAGE_SIZE, IMAGE_SIZE) and box in (None, full) and not exif:
+                return np.asarray(image)  # the FER+ case: 48x48 8-bit grayscale PNG
+            if box is not None and box != full:
+                left, top, right, bottom = box
+                if not (0 <= left < right <= image.width and 0 <= top < bottom <= image.height):
+                    raise BadImage(f"face box {box} does not lie inside the {image.width}x{image.height} image")
+            elif image.format == "JPEG" and min(image.size) > 2 * IMAGE_SIZE and not exif:
+                image.draft("L", (IMAGE_SIZE, IMAGE_SIZE))  # decode big JPEGs at a reduced scale: much faster
+            if exif:
+                image = ImageOps.exif_transpose(image)
+            if box is not None and box != full:
+                image = image.crop(box)
+            gray = _to_gray8(image)
+            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
+            return np.asarray(gray, dtype=np.uint8)
+    except BadImage:
+        raise
+    except Image.UnidentifiedImageError as err:
+        raise BadImage("not an image PIL can read (unknown format or corrupt header)") from err
+    except Image.DecompressionBombError as err:
+        raise BadImage(f"image is too large to decode safely ({err})") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on corrupt data
+        raise BadImage(f"corrupt or truncated image ({type(err).__name__}: {err})") from err
+
+
+def _to_gray8(image: Image.Image) -> Image.Image:
+    """8-bit grayscale. PIL's own I;16 -> L conversion clips at 255, so wide modes are scaled here."""
+    if image.mode == "L":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.rint(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8), "L")
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8), "L")
+    return image.convert("L")
+
+
+def parse_votes(cells: list[str]) -> np.ndarray:
+    """FER+ vote counts -> float64 array; ValueError with a readable reason if any is not a count."""
+    votes = np.empty(len(cells), np.float64)
+    for i, cell in enumerate(cells):
+        try:
+            value = float(cell)
+        except ValueError:
+            raise ValueError(f"vote count {cell.strip()!r} is not a number") from None
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"vote count {cell.strip()!r} must be a non-negative number")
+        votes[i] = value
+    return votes

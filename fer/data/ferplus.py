@@ -1,0 +1,172 @@
+"""FER+ in Microsoft's layout: FER2013Train/, FER2013Valid/, optional FER2013Test/.
+
+Each folder holds the 48x48 PNG faces and a headerless `label.csv`:
+
+    fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0
+
+image name, face box (left, top, right, bottom), then the votes of 10
+annotators for neutral, happiness, surprise, sadness, anger, disgust, fear,
+contempt, unknown, NF (not a face). This is what FERPlus's
+`generate_training_data.py` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fer.data._bad import BadImage, BadItems, Progress, csv_rows, iterate, parse_votes, read_face, require_dir
+from fer.data.splits import IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
+
+SOURCE = "ferplus"
+FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
+LABEL_FILE = "label.csv"
+VOTE_COLUMNS = NUM_CLASSES + 2  # the 8 emotions, unknown, NF
+ROW_COLUMNS = 2 + VOTE_COLUMNS
+UNKNOWN, NOT_A_FACE = NUM_CLASSES, NUM_CLASSES + 1
+
+_BOX = re.compile(r"^\s*\(?\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\)?\s*$")
+
+
+def vote_target(votes: np.ndarray, label_mode: LabelMode) -> tuple[int, np.ndarray] | None:
+    """FER+'s label rule for one image's 10 vote counts: (label, target), or None to drop it.
+
+    MAJORITY: the argmax over all 10 columns (the first on ties); dropped when
+    that is unknown or NF. PROBABILITY: the 8 emotion votes normalised to sum
+    to 1, label their argmax; dropped when no annotator chose an emotion.
+    The caller treats all-zero votes as a bad row before asking.
+    """
+    if label_mode is LabelMode.MAJORITY:
+        label = int(np.argmax(votes))
+        if label >= NUM_CLASSES:
+            return None
+        target = np.zeros(NUM_CLASSES, np.float32)
+        target[label] = 1.0
+        return label, target
+    emotion_votes = votes[:NUM_CLASSES]
+    total = emotion_votes.sum()
+    if total <= 0:
+        return None
+    return int(np.argmax(emotion_votes)), (emotion_votes / total).astype(np.float32)
+
+
+def load_ferplus(
+    path,
+    *,
+    label_mode: LabelMode | str = LabelMode.MAJORITY,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+) -> Splits:
+    """Load FER+ from `path` (the folder holding FER2013Train/ and FER2013Valid/).
+
+    Returns train / val, and test when FER2013Test/ exists (else None).
+    Images whose label rule drops them are counted in `dropped`; unreadable
+    images and malformed label rows fail the load (all listed, first 5 shown)
+    unless `skip_bad`, which leaves them out and returns them in `bad`.
+    """
+    label_mode = LabelMode.parse(label_mode)
+    root = Path(path).expanduser()
+    layout = f"FER+ expects {FOLDERS['train']}/ and {FOLDERS['val']}/ (and optionally {FOLDERS['test']}/) inside it"
+    if root.name in FOLDERS.values() and not (root / FOLDERS["train"]).exists():
+        raise DataError(
+            f"{str(root)!r} is one FER+ split folder; give its parent folder instead ({str(root.parent)!r}). {layout}."
+        )
+    require_dir(root, "FER+ folder", f"{layout}.")
+    for name in ("train", "val"):
+        require_dir(root / FOLDERS[name], f"FER+ {name} folder", f"{layout}.")
+
+    bad = BadItems(f"FER+ data in {root}", skip_bad)
+    present = [name for name in ("train", "val", "test") if name != "test" or (root / FOLDERS["test"]).is_dir()]
+    loaded = {}
+    dropped = {}
+    for name in present:
+        loaded[name], dropped[name] = _load_split(root / FOLDERS[name], name, label_mode, bad, progress)
+    bad.raise_if_any()
+    for name, split in loaded.items():
+        if len(split) == 0:
+            raise DataError(
+                f"FER+ {name} split {root / FOLDERS[name]} has no usable images "
+                f"({dropped[name]} dropped by the {label_mode.value} label rule, "
+                f"{sum(1 for item in bad.items if _in_folder(item.location, root / FOLDERS[name]))} bad). "
+                "Check its label.csv and images."
+            )
+    return Splits(
+        train=loaded["train"],
+        val=loaded["val"],
+        test=loaded.get("test"),
+        source=SOURCE,
+        label_mode=label_mode,
+        location=str(root.resolve()),
+        dropped=dropped,
+        bad=bad.result(),
+    )
+
+
+def _in_folder(location: str, folder: Path) -> bool:
+    return location.startswith(str(folder) + os.sep)
+
+
+def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, progress) -> tuple[Split, int]:
+    labels_path = folder / LABEL_FILE
+    if not labels_path.is_file():
+        raise DataError(
+            f"FER+ label file {str(labels_path)!r} does not exist. Each FER+ split folder needs the label.csv "
+            "that FERPlus's generate_training_data.py writes beside the images."
+        )
+    entries = []  # (image path, box, label, target, line)
+    rows = 0
+    dropped = 0
+    seen: dict[str, int] = {}
+    for line, row in csv_rows(labels_path):
+        rows += 1
+        where = f"{labels_path}, line {line}"
+        if len(row) != ROW_COLUMNS:
+            bad.add(
+                where,
+                f"expected {ROW_COLUMNS} columns (image name, face box, {VOTE_COLUMNS} vote counts), got {len(row)}",
+            )
+            continue
+        image_name = row[0].strip()
+        if not image_name:
+            bad.add(where, "the image name is empty")
+            continue
+        if image_name in seen:
+            bad.add(where, f"image {image_name!r} is listed twice (first on line {seen[image_name]})")
+            continue
+        seen[image_name] = line
+        match = _BOX.match(row[1])
+        if not match:
+            bad.add(where, f"face box {row[1]!r} is not of the form \"(left, top, right, bottom)\"")
+            continue
+        box = tuple(int(value) for value in match.groups())
+        try:
+            votes = parse_votes(row[2:])
+        except ValueError as err:
+            bad.add(where, str(err))
+            continue
+        if not votes.any():
+            bad.add(where, f"all {VOTE_COLUMNS} vote counts are zero: the row has no label")
+            continue
+        rule = vote_target(votes, label_mode)
+        if rule is None:
+            dropped += 1
+            continue
+        entries.append((folder / image_name, box, *rule, line))
+    if rows == 0:
+        raise DataError(f"FER+ label file {labels_path} is empty: the {name} split has no images. Regenerate it.")
+
+    images = np.empty((len(entries), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    keep = np.ones(len(entries), bool)
+    full_box = (0, 0, IMAGE_SIZE, IMAGE_SIZE)
+    for i, (image_path, box, _, _, line) in enumerate(iterate(progress, entries, len(entries), f"FER+ {name}")):
+        try:
+            images[i] = read_face(image_path, box=None if box == full_box else box)
+        except BadImage as err:
+            bad.add(image_path, f"{err} (listed on line {line} of {LABEL_FILE})", err.__cause__)
+            keep[i] = False
+    labels = np.fromiter((entry[2] for entry in entries), np.int64, len(entries))
+    targets = np.array([entry[3] for entry in entries], np.float32).reshape(-1, NUM_CLASSES)
+    return Split(images[keep], labels[keep], targets[keep]), dropped
