@@ -16,10 +16,14 @@ import yaml
 from fer.data.splits import LabelMode
 from fer.models import BUILDERS
 
+# The project's experiments/: beside the package in a checkout (and in `mlflow run`).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 PHASES = ("phase1", "phase2")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
+# What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
+# for schedules keyed on the rate itself (and for tests that force a step).
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy", "learning_rate")
 
 
 class ConfigError(ValueError):
@@ -97,7 +101,10 @@ def load_config(phase_or_path: str, overrides: dict[str, Any] | None = None) -> 
     """
     path = Path(phase_or_path)
     if phase_or_path in PHASES:
-        path = EXPERIMENTS_DIR / f"{phase_or_path}.yaml"
+        # The working folder's experiments/ first, so a team can keep its own copies.
+        candidates = [Path.cwd() / "experiments", EXPERIMENTS_DIR]
+        path = next((d / f"{phase_or_path}.yaml" for d in candidates if (d / f"{phase_or_path}.yaml").is_file()),
+                    candidates[-1] / f"{phase_or_path}.yaml")
     if not path.is_file():
         raise ConfigError(f"No experiment configuration at {path}; expected one of {PHASES} or a YAML file.")
     with open(path) as f:
@@ -184,6 +191,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be between 0 and 1; got {config.val_fraction}")
     if not 0 < config.reduce_lr.factor < 1:
         raise ConfigError(f"reduce_lr.factor must be between 0 and 1; got {config.reduce_lr.factor}")
+    for section in ("reduce_lr", "early_stopping"):
+        monitor = getattr(config, section).monitor
+        if monitor not in MONITORS:
+            raise ConfigError(f"{section}.monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
     aug = config.augmentation
     for name in ("width_shift", "height_shift", "zoom"):
         if not 0 <= getattr(aug, name) < 1:

@@ -28,8 +28,7 @@ def configure_tracking(experiment: str | None = None) -> str:
     Inside `mlflow run`, MLflow has already created the run (MLFLOW_RUN_ID) in
     the experiment it was given, so the experiment is left alone there.
     """
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(default_tracking_uri())
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri())
     if experiment and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
     return mlflow.get_tracking_uri()

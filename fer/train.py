@@ -117,6 +117,10 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
+            # Ignored by Keras for a tf.data input (already batched), but lets
+            # autologging record the real batch size rather than None.
+            batch_size=config.batch_size,
+            shuffle=False,  # the pipeline shuffles
             callbacks=_callbacks(config),
             class_weight=_class_weights(config, splits.train),
             verbose=1 if sys.stdout.isatty() else 2,
@@ -172,6 +176,7 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
             factor=config.reduce_lr.factor,
             patience=config.reduce_lr.patience,
             min_lr=config.reduce_lr.min_lr,
+            mode=_mode(config.reduce_lr.monitor),
             verbose=1,
         ),
     ]
@@ -182,10 +187,16 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
                 monitor=stop.monitor,
                 patience=stop.patience,
                 restore_best_weights=stop.restore_best_weights,
+                mode=_mode(stop.monitor),
                 verbose=1,
             )
         )
     return callbacks
+
+
+def _mode(monitor: str) -> str:
+    """Accuracy improves upwards; loss and the learning rate itself downwards."""
+    return "max" if monitor.endswith("accuracy") else "min"
 
 
 def _class_weights(config: TrainConfig, train: Split) -> dict[int, float] | None:

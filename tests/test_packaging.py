@@ -35,3 +35,12 @@ def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
     for name in ("phase1", "phase2"):
         params = mlproject["entry_points"][name]["parameters"]
         assert {"data", "epochs", "batch_size", "seed"} <= set(params)
+
+
+def test_mlproject_defaults_agree_with_the_experiment_files():
+    """mlflow run logs its parameters and autologging logs epochs / batch_size again: they must match."""
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
+    for phase, entry in mlproject["entry_points"].items():
+        config = yaml.safe_load((ROOT / "experiments" / f"{phase}.yaml").read_text())
+        for name, spec in entry["parameters"].items():
+            assert str(spec["default"]).lower() == str(config[name]).lower(), (phase, name)
