@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 
 from fer.data.splits import LabelMode
-from fer.models import BUILDERS
 
 # The project's experiments/: beside the package in a checkout (and in `mlflow run`).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 PHASES = ("phase1", "phase2")
+# The builders live in fer.models; named here so validating a config never loads TensorFlow.
+MODELS = ("baseline", "final")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
 # What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
@@ -172,8 +173,8 @@ def _coerce(value, kind: type, name: str):
 
 def validate(config: TrainConfig) -> None:
     """Reject values that would fail later, or silently train something else."""
-    if config.model not in BUILDERS:
-        raise ConfigError(f"model must be one of {', '.join(BUILDERS)}; got {config.model!r}")
+    if config.model not in MODELS:
+        raise ConfigError(f"model must be one of {', '.join(MODELS)}; got {config.model!r}")
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be a positive whole number; got {getattr(config, name)}")

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fer.models import build_model
+from fer.config import MODELS
+from fer.models import BUILDERS, build_model
 
 
 def _non_trainable(model):
@@ -39,3 +40,7 @@ def test_baseline_is_clearly_smaller_than_final():
 def test_unknown_model_name_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match="baseline, final.*'vgg'"):
         build_model("vgg")
+
+
+def test_config_knows_exactly_the_models_that_can_be_built():
+    assert MODELS == tuple(BUILDERS)
