@@ -243,7 +243,9 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
         mlflow.log_artifact(str(tmp / "best_performance.txt"))
         plot = reports.plot_history(history, tmp / "history.png", title=f"{config.phase}: {config.model}")
         mlflow.log_artifact(str(plot), artifact_path="plots")
-    mlflow.log_metrics({f"best_{k}": v for k, v in best.to_dict().items()})
+    # best_val_accuracy, best_val_accuracy_epoch, lowest_val_loss, ... (epochs 1-based)
+    mlflow.log_metrics({k: v for k, v in best.to_dict().items() if k != "epochs"})
+    mlflow.log_metric("epochs_trained", best.epochs)
     return best
 
 
