@@ -18,6 +18,11 @@ def _blank_is_none(ctx, param, value):
     return None if value in ("", None) else value
 
 
+def _latest_is_none(ctx, param, value):
+    """"latest" / "best" / "" mean: let the command find the run."""
+    return None if value in ("", "latest", "best", None) else value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Train, compare, register and serve facial expression recognition models, tracked in MLflow."""
@@ -55,6 +60,45 @@ def train(phase, experiment, no_cache, settings, **overrides):
         run_training(config, experiment=experiment, use_cache=not no_cache)
     except DataError as err:
         raise click.ClickException(str(err)) from None
+
+
+@main.command()
+@click.option("--baseline-run", callback=_latest_is_none, default="latest", show_default=True,
+              help="Phase-1 run id (default: the latest finished phase-1 run).")
+@click.option("--final-run", callback=_latest_is_none, default="latest", show_default=True,
+              help="Phase-2 run id (default: the latest finished phase-2 run).")
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment to search.")
+def compare(baseline_run, final_run, experiment):
+    """Build the baseline-vs-final table and log it to a `compare` run."""
+    from fer.compare import CompareError
+    from fer.compare import compare as run_compare
+
+    try:
+        run_id, _, markdown = run_compare(baseline_run, final_run, experiment)
+    except CompareError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(markdown)
+    click.echo(f"Logged to run {run_id}")
+
+
+@main.command()
+@click.option("--run-id", callback=_latest_is_none, default="best", show_default=True,
+              help="Training run to register (default: the best finished phase-2 run by --metric).")
+@click.option("--model-name", default="fer-emotion", show_default=True, help="Registered model name.")
+@click.option("--metric", default="best_val_accuracy", show_default=True, help="Metric the champion gate compares.")
+@click.option("--min-value", type=float, default=0.0, show_default=True, help="The metric must reach at least this.")
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment to search.")
+def promote(run_id, model_name, metric, min_value, experiment):
+    """Register a run's model as `challenger`; make it `champion` if it beats the current one."""
+    from fer.registry import PromotionError
+    from fer.registry import promote as run_promote
+
+    try:
+        decision = run_promote(run_id, model_name=model_name, metric=metric, min_value=min_value,
+                               experiment=experiment)
+    except PromotionError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(decision.to_text())
 
 
 @main.group()

@@ -32,6 +32,7 @@ def test_distribution_name_does_not_collide_with_pypi_fer_but_imports_as_fer():
 def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
     mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
     assert mlproject["conda_env"] == "conda.yaml"
+    assert set(mlproject["entry_points"]) == {"phase1", "phase2", "compare", "promote"}
     for name in ("phase1", "phase2"):
         params = mlproject["entry_points"][name]["parameters"]
         assert {"data", "epochs", "batch_size", "seed"} <= set(params)
@@ -40,7 +41,8 @@ def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
 def test_mlproject_defaults_agree_with_the_experiment_files():
     """mlflow run logs its parameters and autologging logs epochs / batch_size again: they must match."""
     mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
-    for phase, entry in mlproject["entry_points"].items():
+    for phase in ("phase1", "phase2"):
+        entry = mlproject["entry_points"][phase]
         config = yaml.safe_load((ROOT / "experiments" / f"{phase}.yaml").read_text())
         for name, spec in entry["parameters"].items():
             assert str(spec["default"]).lower() == str(config[name]).lower(), (phase, name)

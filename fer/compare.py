@@ -1,0 +1,315 @@
+"""Baseline against final: the table people used to paste into a report by hand.
+
+Every number is read from the two runs' own metric histories in MLflow, so
+the table can be regenerated at any time and checked against the runs.
+The comparison itself is an MLflow run (tag `fer.phase=compare`) that holds
+the table as Markdown, CSV and a self-contained HTML page, plus both runs'
+validation curves overlaid.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from fer import reports
+from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, configure_tracking
+
+PHASE_COMMANDS = {
+    "phase1": "mlflow run . -e phase1 --env-manager local --experiment-name {experiment}",
+    "phase2": "mlflow run . -e phase2 --env-manager local --experiment-name {experiment}",
+}
+HISTORY_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+
+# Word labels: standard deviation of epoch-to-epoch changes in validation
+# accuracy, and train-minus-validation accuracy at the best epoch.
+STABILITY_BANDS = ((0.01, "stable"), (0.03, "moderately volatile"), (float("inf"), "volatile"))
+OVERFIT_BANDS = ((0.0, "none (validation above training)"), (0.05, "low"), (0.10, "moderate"), (float("inf"), "high"))
+
+
+class CompareError(LookupError):
+    """A run to compare is missing; the message says which command makes one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What the table needs from one training run."""
+
+    run_id: str
+    run_name: str
+    phase: str
+    history: dict[str, list[float]]
+    eval_split: str | None
+    eval_accuracy: float | None
+    eval_macro_f1: float | None
+
+    @property
+    def best_epoch(self) -> int:
+        """0-based index of the best validation accuracy (first on ties)."""
+        return int(np.argmax(self.history["val_accuracy"]))
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return float(self.history["val_accuracy"][self.best_epoch])
+
+    @property
+    def best_val_loss(self) -> float:
+        return float(np.min(self.history["val_loss"]))
+
+    @property
+    def volatility(self) -> float:
+        """Standard deviation of the epoch-to-epoch changes in validation accuracy."""
+        changes = np.diff(self.history["val_accuracy"])
+        return float(np.std(changes)) if len(changes) else 0.0
+
+    @property
+    def overfit_gap(self) -> float:
+        """Train minus validation accuracy at the best validation epoch."""
+        return float(self.history["accuracy"][self.best_epoch] - self.best_val_accuracy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    metric: str
+    baseline: str
+    final: str
+    improvement: str
+
+
+def band(value: float, bands) -> str:
+    return next(label for limit, label in bands if value < limit or (limit == 0.0 and value <= 0.0))
+
+
+# ------------------------------------------------------------------ finding runs
+
+
+def latest_finished_run(client: MlflowClient, experiment_ids: list[str], phase: str) -> Run | None:
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def resolve_runs(
+    client: MlflowClient, experiment: str, baseline_run_id: str | None, final_run_id: str | None
+) -> tuple[Run, Run]:
+    """The runs given by id, else the latest finished phase-1 / phase-2 runs in `experiment`."""
+    found = {}
+    experiment_obj = client.get_experiment_by_name(experiment)
+    for phase, run_id in (("phase1", baseline_run_id), ("phase2", final_run_id)):
+        if run_id:
+            found[phase] = client.get_run(run_id)
+            continue
+        run = latest_finished_run(client, [experiment_obj.experiment_id], phase) if experiment_obj else None
+        if run is None:
+            command = PHASE_COMMANDS[phase].format(experiment=experiment)
+            raise CompareError(
+                f"No finished {phase} run in experiment {experiment!r} at {mlflow.get_tracking_uri()}. "
+                f"Train one first: {command}"
+            )
+        found[phase] = run
+    return found["phase1"], found["phase2"]
+
+
+def summarize(client: MlflowClient, run: Run) -> RunSummary:
+    """Per-epoch histories, read back from MLflow and ordered by step."""
+    history = {}
+    for key in HISTORY_KEYS:
+        values = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        if values:
+            history[key] = [m.value for m in values]
+    for key in ("accuracy", "val_accuracy", "val_loss"):
+        if key not in history:
+            raise CompareError(f"Run {run.info.run_id} has no {key} history; is it a fer training run?")
+    metrics = run.data.metrics
+    return RunSummary(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
+        phase=run.data.tags.get(TAG_PHASE, "?"),
+        history=history,
+        eval_split=run.data.tags.get(TAG_EVAL_SPLIT),
+        eval_accuracy=metrics.get("eval_accuracy"),
+        eval_macro_f1=metrics.get("eval_macro_f1"),
+    )
+
+
+# ---------------------------------------------------------------------- the table
+
+
+def _points(delta: float) -> str:
+    return f"{delta * 100:+.1f} pts"
+
+
+def _change(delta: float, higher_is_better: bool, unit) -> str:
+    if np.isclose(delta, 0.0, atol=1e-12):
+        return "no change"
+    better = (delta > 0) == higher_is_better
+    return f"{unit(delta)} ({'better' if better else 'worse'})"
+
+
+def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
+    """The rows of the baseline-vs-final table, with an Improvement column."""
+    rows = [
+        Row(
+            "Best validation accuracy",
+            f"{baseline.best_val_accuracy:.4f} (epoch {baseline.best_epoch + 1})",
+            f"{final.best_val_accuracy:.4f} (epoch {final.best_epoch + 1})",
+            _change(final.best_val_accuracy - baseline.best_val_accuracy, True, _points),
+        ),
+        Row(
+            "Best validation loss",
+            f"{baseline.best_val_loss:.4f}",
+            f"{final.best_val_loss:.4f}",
+            _change(final.best_val_loss - baseline.best_val_loss, False, lambda d: f"{d:+.4f}"),
+        ),
+        Row(
+            "Stability (std of epoch-to-epoch val. accuracy change)",
+            f"{baseline.volatility:.4f}, {band(baseline.volatility, STABILITY_BANDS)}",
+            f"{final.volatility:.4f}, {band(final.volatility, STABILITY_BANDS)}",
+            _change(final.volatility - baseline.volatility, False, lambda d: f"{d:+.4f}"),
+        ),
+        Row(
+            "Overfitting risk (train - val. accuracy at best epoch)",
+            f"{_points(baseline.overfit_gap)}, {band(baseline.overfit_gap, OVERFIT_BANDS)}",
+            f"{_points(final.overfit_gap)}, {band(final.overfit_gap, OVERFIT_BANDS)}",
+            _change(final.overfit_gap - baseline.overfit_gap, False, _points),
+        ),
+    ]
+    for label, attr in (("accuracy", "eval_accuracy"), ("macro-F1", "eval_macro_f1")):
+        b, f = getattr(baseline, attr), getattr(final, attr)
+        if b is None or f is None:
+            continue
+        split = "Test" if baseline.eval_split == final.eval_split == "test" else "Held-out (val; no test split)"
+        rows.append(Row(f"{split} {label}", f"{b:.4f}", f"{f:.4f}", _change(f - b, True, _points)))
+    return rows
+
+
+HEADER = ("Metric", "Baseline (phase 1)", "Final (phase 2)", "Improvement")
+
+
+def to_markdown(rows: list[Row], baseline: RunSummary, final: RunSummary) -> str:
+    lines = [
+        "# Baseline vs final",
+        "",
+        f"- Baseline: run `{baseline.run_id}` ({baseline.run_name}), {len(baseline.history['val_accuracy'])} epochs",
+        f"- Final: run `{final.run_id}` ({final.run_name}), {len(final.history['val_accuracy'])} epochs",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += [f"| {r.metric} | {r.baseline} | {r.final} | {r.improvement} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(HEADER)
+    writer.writerows(dataclasses.astuple(r) for r in rows)
+    return out.getvalue()
+
+
+def to_html(rows: list[Row], baseline: RunSummary, final: RunSummary, figure_png: bytes) -> str:
+    """One self-contained page: the table and the overlaid curves, the figure inlined as base64."""
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in dataclasses.astuple(r)) + "</tr>" for r in rows
+    )
+    image = base64.b64encode(figure_png).decode()
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Baseline vs final</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: .4em .8em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Baseline vs final</h1>
+<p>Baseline: run <code>{html.escape(baseline.run_id)}</code> ({html.escape(baseline.run_name)});
+final: run <code>{html.escape(final.run_id)}</code> ({html.escape(final.run_name)}).</p>
+<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{cells}</table>
+<img alt="validation accuracy and loss of both runs" src="data:image/png;base64,{image}">
+</body></html>
+"""
+
+
+def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
+    """Both runs' validation accuracy and loss overlaid, learning-rate steps marked."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for summary, color, label in ((baseline, "tab:blue", "baseline"), (final, "tab:orange", "final")):
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            values = summary.history[key]
+            epochs = np.arange(1, len(values) + 1)
+            ax.plot(epochs, values, marker="o", markersize=3, color=color, label=f"{label} ({summary.phase})")
+            for epoch, _, new in reports.learning_rate_steps(summary.history):
+                ax.axvline(epoch + 1, color=color, linestyle="--", alpha=0.6)
+                ax.annotate(f"lr {new:.0e}", (epoch + 1, 1), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7, color=color)
+    for ax, title in zip(axes, ("Validation accuracy", "Validation loss")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Baseline vs final (dashed: learning-rate steps)")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def compare(
+    baseline_run_id: str | None = None,
+    final_run_id: str | None = None,
+    experiment: str = "fer",
+) -> tuple[str, list[Row], str]:
+    """Build the table, log it to a `compare` run; returns (compare run id, rows, markdown)."""
+    configure_tracking(None)
+    client = MlflowClient()
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: compare within that run's experiment
+        experiment = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id).name
+    baseline_run, final_run = resolve_runs(client, experiment, baseline_run_id, final_run_id)
+    baseline, final = summarize(client, baseline_run), summarize(client, final_run)
+    rows = comparison_rows(baseline, final)
+    markdown = to_markdown(rows, baseline, final)
+
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="compare-phase1-vs-phase2") as run:
+        mlflow.set_tags(
+            {
+                TAG_PHASE: "compare",
+                "fer.baseline_run_id": baseline.run_id,
+                "fer.final_run_id": final.run_id,
+                "mlflow.note.content": (
+                    f"Baseline run {baseline.run_id} against final run {final.run_id}.\n\n{markdown}"
+                ),
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            figure = plot_compare_history(baseline, final, tmp / "compare_history.png")
+            (tmp / "comparison.md").write_text(markdown)
+            (tmp / "comparison.csv").write_text(to_csv(rows))
+            (tmp / "comparison.html").write_text(to_html(rows, baseline, final, figure.read_bytes()))
+            for name in ("comparison.md", "comparison.csv", "comparison.html"):
+                mlflow.log_artifact(str(tmp / name))
+            mlflow.log_artifact(str(figure), artifact_path="plots")
+    return run.info.run_id, rows, markdown

@@ -1,0 +1,61 @@
+"""Shared fixtures: real `mlflow run` invocations into a temporary SQLite store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "fer-test"
+TRAINED_EPOCHS = 2
+
+
+def project_env(tracking_uri: str, tmp_path: Path) -> dict:
+    """The environment a user's shell would give `mlflow run`, pointed at a test store."""
+    # mlflow.set_experiment in an in-process test exports MLFLOW_EXPERIMENT_ID: don't leak it.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["FER_CACHE_DIR"] = str(tmp_path / "cache")
+    # mlflow run --env-manager local runs `python` from PATH: make it this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def mlflow_run(entry_point: str, params: dict, tracking_uri: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`mlflow run <project> -e ENTRY_POINT -P k=v ...` as a user types it, in its own process."""
+    command = [
+        sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
+        "--env-manager", "local", "--experiment-name", EXPERIMENT,
+    ]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    return subprocess.run(
+        command, env=project_env(tracking_uri, tmp_path), cwd=tmp_path, capture_output=True, text=True
+    )
+
+
+def run_or_fail(entry_point: str, params: dict, tracking_uri: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    result = mlflow_run(entry_point, params, tracking_uri, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory):
+    """A SQLite store holding one short phase-1 and one short phase-2 run, made by `mlflow run`.
+
+    Yields (tracking URI, client, {phase: Run}, folder). Training runs are the
+    slow part of the suite, so every test that needs them shares these two.
+    """
+    folder = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    params = {"data": "synthetic:96", "epochs": TRAINED_EPOCHS, "batch_size": 32, "seed": 3}
+    for phase in ("phase1", "phase2"):
+        run_or_fail(phase, params, uri, folder)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = {run.data.tags["fer.phase"]: run for run in client.search_runs([experiment_id])}
+    return uri, client, runs, folder

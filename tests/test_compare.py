@@ -1,0 +1,103 @@
+"""The baseline-vs-final table: numbers straight from the runs' metric histories."""
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import run_or_fail
+from fer.cli import main
+from fer.compare import OVERFIT_BANDS, STABILITY_BANDS, RunSummary, band, comparison_rows
+
+
+def summary(val_accuracy, accuracy, val_loss, **kwargs) -> RunSummary:
+    history = {"val_accuracy": val_accuracy, "accuracy": accuracy, "val_loss": val_loss}
+    defaults = dict(run_id="r", run_name="r", phase="p", eval_split="test", eval_accuracy=None, eval_macro_f1=None)
+    return RunSummary(history=history, **{**defaults, **kwargs})
+
+
+def test_rows_are_computed_from_the_histories():
+    baseline = summary([0.40, 0.50, 0.45], [0.42, 0.55, 0.60], [1.5, 1.2, 1.3], eval_accuracy=0.48, eval_macro_f1=0.3)
+    final = summary([0.50, 0.60, 0.62], [0.45, 0.58, 0.75], [1.3, 1.0, 0.9], eval_accuracy=0.61, eval_macro_f1=0.5)
+    rows = {row.metric.split(" (")[0]: row for row in comparison_rows(baseline, final)}
+    assert rows["Best validation accuracy"].baseline == "0.5000 (epoch 2)"
+    assert rows["Best validation accuracy"].final == "0.6200 (epoch 3)"
+    assert rows["Best validation accuracy"].improvement == "+12.0 pts (better)"
+    assert rows["Best validation loss"].improvement == "-0.3000 (better)"
+    assert rows["Stability"].baseline.startswith(f"{np.std(np.diff([0.40, 0.50, 0.45])):.4f}")
+    assert rows["Overfitting risk"].baseline.startswith("+5.0 pts")  # 0.55 - 0.50 at epoch 2
+    assert rows["Overfitting risk"].final.startswith("+13.0 pts, high")  # 0.75 - 0.62 at epoch 3
+    assert rows["Test accuracy"].improvement == "+13.0 pts (better)"
+    assert rows["Test macro-F1"].final == "0.5000"
+
+
+def test_rows_without_evaluation_leave_test_rows_out():
+    run = summary([0.4, 0.5], [0.4, 0.5], [1.0, 0.9])
+    assert [r.metric for r in comparison_rows(run, run)][-1].startswith("Overfitting")
+
+
+@pytest.mark.parametrize(
+    "value, bands, label",
+    [
+        (0.005, STABILITY_BANDS, "stable"),
+        (0.02, STABILITY_BANDS, "moderately volatile"),
+        (0.2, STABILITY_BANDS, "volatile"),
+        (-0.03, OVERFIT_BANDS, "none (validation above training)"),
+        (0.0, OVERFIT_BANDS, "none (validation above training)"),
+        (0.03, OVERFIT_BANDS, "low"),
+        (0.07, OVERFIT_BANDS, "moderate"),
+        (0.15, OVERFIT_BANDS, "high"),
+    ],
+)
+def test_word_labels(value, bands, label):
+    assert band(value, bands) == label
+
+
+def test_missing_phase_says_which_command_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(main, ["compare", "--experiment", "empty"])
+    assert result.exit_code == 1
+    assert "No finished phase1 run in experiment 'empty'" in result.output
+    assert "mlflow run . -e phase1" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, tmp_path):
+    uri, client, runs, folder = trained_store
+    result = run_or_fail("compare", {}, uri, folder)
+    assert "Best validation accuracy" in result.stdout
+
+    compare_runs = client.search_runs(
+        [runs["phase1"].info.experiment_id], filter_string="tags.`fer.phase` = 'compare'"
+    )
+    assert len(compare_runs) == 1
+    compare_run = compare_runs[0]
+    assert compare_run.data.tags["fer.baseline_run_id"] == runs["phase1"].info.run_id
+    assert compare_run.data.tags["fer.final_run_id"] == runs["phase2"].info.run_id
+
+    local = Path(client.download_artifacts(compare_run.info.run_id, "", str(tmp_path)))
+    table = {row["Metric"].split(" (")[0]: row for row in csv.DictReader(io.StringIO((local / "comparison.csv").read_text()))}
+    for phase, column in (("phase1", "Baseline (phase 1)"), ("phase2", "Final (phase 2)")):
+        run_id = runs[phase].info.run_id
+        history = {
+            key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in ("val_accuracy", "val_loss", "accuracy")
+        }
+        best = int(np.argmax(history["val_accuracy"]))
+        assert table["Best validation accuracy"][column] == f"{history['val_accuracy'][best]:.4f} (epoch {best + 1})"
+        assert table["Best validation loss"][column] == f"{min(history['val_loss']):.4f}"
+        assert table["Stability"][column].startswith(f"{np.std(np.diff(history['val_accuracy'])):.4f}")
+        gap = history["accuracy"][best] - history["val_accuracy"][best]
+        assert table["Overfitting risk"][column].startswith(f"{gap * 100:+.1f} pts")
+        assert table["Test accuracy"][column] == f"{runs[phase].data.metrics['eval_accuracy']:.4f}"
+        assert table["Test macro-F1"][column] == f"{runs[phase].data.metrics['eval_macro_f1']:.4f}"
+
+    page = (local / "comparison.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page and 'src="http' not in page
+    assert "| Best validation accuracy |" in (local / "comparison.md").read_text()
+    with Image.open(local / "plots" / "compare_history.png") as image:
+        assert image.format == "PNG"

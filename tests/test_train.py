@@ -1,0 +1,129 @@
+"""Training runs end to end: `mlflow run` of both entry points into a real SQLite store.
+
+Each run trains for two epochs on a tiny synthetic set; the tests then read
+the run back through MLflow's client, as a user comparing runs would.
+"""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from conftest import TRAINED_EPOCHS, mlflow_run
+
+EPOCHS = TRAINED_EPOCHS
+PER_EPOCH_METRICS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(trained_store):
+    uri, client, runs, _ = trained_store
+    mlflow.set_tracking_uri(uri)
+    yield client, runs
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("phase, model", [("phase1", "baseline"), ("phase2", "final")])
+def test_run_finishes_with_config_params_and_tags(store, phase, model):
+    _, runs = store
+    run = runs[phase]
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["config.epochs"] == str(EPOCHS) and params["config.batch_size"] == "32"
+    assert params["config.seed"] == "3" and params["config.model"] == model
+    assert params["config.reduce_lr.factor"] == "0.2"
+    assert params["optimizer_name"] == "adam"  # autologging's own params are there too
+    assert tags["fer.model"] == model and tags["fer.data_source"] == "synthetic"
+    assert tags["fer.label_mode"] == "majority"
+    assert tags["mlflow.runName"].startswith(f"{phase}-{model}")
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+def test_every_epoch_metric_has_exactly_one_value_per_epoch(store, phase):
+    client, runs = store
+    run_id = runs[phase].info.run_id
+    for key in PER_EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert steps == list(range(EPOCHS)), key
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+def test_run_holds_history_reports_and_evaluation(store, phase, tmp_path):
+    client, runs = store
+    run = runs[phase]
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    history = json.loads((local / "history.json").read_text())
+    for key in PER_EPOCH_METRICS:
+        assert len(history[key]) == EPOCHS
+        logged = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        np.testing.assert_allclose(history[key], logged, rtol=1e-6)
+    for png in ("plots/history.png", "plots/confusion_matrix.png"):
+        with Image.open(local / png) as image:
+            assert image.format == "PNG" and image.width > 400
+    best = (local / "best_performance.txt").read_text()
+    assert f"{max(history['val_accuracy']):.4f}" in best
+    report = (local / "classification_report.txt").read_text()
+    assert "happiness" in report and "macro avg" in report
+    assert (local / "model_summary.txt").exists() and (local / "history.pkl").exists()
+    metrics = run.data.metrics
+    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_macro_f1"] <= 1
+    assert "eval_recall_sadness" in metrics
+    assert run.data.tags["fer.eval_split"] == "test"
+
+
+def test_datasets_are_logged_with_digests_and_contexts(store):
+    _, runs = store
+    inputs = runs["phase2"].inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert {"training", "validation", "testing"} <= set(contexts)
+    assert all(len(d.digest) >= 8 for d in contexts.values())
+    assert contexts["training"].digest != contexts["validation"].digest
+
+
+def test_logged_model_reloads_and_predicts_like_the_keras_model(store, tmp_path):
+    import keras
+
+    client, runs = store
+    run_id = runs["phase2"].info.run_id
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    signature = pyfunc.metadata.signature
+    assert signature.inputs.inputs[0].shape == (-1, 48, 48, 1)
+    assert signature.outputs.inputs[0].shape == (-1, 8)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    assert (local / "input_example.json").exists() or (local / "serving_input_example.json").exists()
+    network = keras.saving.load_model(next(local.rglob("*.keras")), compile=False)
+    faces = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_allclose(pyfunc.predict(faces), network.predict(faces, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_learning_rate_step_is_recorded_at_the_epoch_that_first_ran_at_the_new_rate(tmp_path, monkeypatch):
+    """Monitoring the rate itself with patience 1 forces ReduceLROnPlateau to step after epochs 2 and 4."""
+    from fer.config import load_config
+    from fer.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    config = load_config(
+        "phase1",
+        {
+            "data": "synthetic:64", "epochs": 5, "batch_size": 32,
+            "reduce_lr.monitor": "learning_rate", "reduce_lr.patience": 1, "early_stopping.enabled": False,
+        },
+    )
+    run_id = train(config, experiment="lr-step")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rates = [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 2e-4, 2e-4, 4e-5], rtol=1e-5)
+    mlflow.set_tracking_uri(None)
+
+
+def test_bad_parameter_fails_before_training_with_a_message(tmp_path):
+    result = mlflow_run("phase1", {"epochs": 0}, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    assert result.returncode != 0
+    assert "epochs must be a positive whole number; got 0" in result.stderr + result.stdout
