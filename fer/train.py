@@ -62,6 +62,26 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class SkipAutologValidationEcho(keras.callbacks.Callback):
+    """Stops autologging from logging `validation_*` again at every validation pass.
+
+    Inside fit, Keras runs validation through the same callbacks, and
+    autologging's `on_test_end` logs `validation_loss` / `validation_accuracy`
+    with no step (all at step 0), duplicating `val_loss` / `val_accuracy`,
+    which are logged once per epoch. Autologging appends its callback to the
+    list given to fit, so this callback finds it there when training begins.
+    """
+
+    def __init__(self, callbacks: list):
+        super().__init__()
+        self._callbacks = callbacks
+
+    def on_train_begin(self, logs=None):
+        for callback in self._callbacks:
+            if isinstance(callback, mlflow.keras.MlflowCallback):
+                callback.on_test_end = lambda logs=None: None
+
+
 def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True) -> str:
     """Train `config` as one MLflow run and return its run id."""
     configure_tracking(experiment)
@@ -112,6 +132,8 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
         mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
         _log_data(splits)
 
+        callbacks = _callbacks(config)
+        callbacks.append(SkipAutologValidationEcho(callbacks))
         started = time.monotonic()
         history = model.fit(
             train_ds,
@@ -121,7 +143,7 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
             # autologging record the real batch size rather than None.
             batch_size=config.batch_size,
             shuffle=False,  # the pipeline shuffles
-            callbacks=_callbacks(config),
+            callbacks=callbacks,
             class_weight=_class_weights(config, splits.train),
             verbose=1 if sys.stdout.isatty() else 2,
         )

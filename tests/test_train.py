@@ -51,6 +51,9 @@ def test_every_epoch_metric_has_exactly_one_value_per_epoch(store, phase):
     for key in PER_EPOCH_METRICS:
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert steps == list(range(EPOCHS)), key
+    for key in runs[phase].data.metrics:  # and no metric is logged more than once per step
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), key
 
 
 @pytest.mark.parametrize("phase", ["phase1", "phase2"])
