@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
 
@@ -19,8 +20,8 @@ def _blank_is_none(ctx, param, value):
 
 
 def _latest_is_none(ctx, param, value):
-    """"latest" / "best" / "" mean: let the command find the run."""
-    return None if value in ("", "latest", "best", None) else value
+    """"latest" / "best" / "none" / "" mean: no run given, let the command decide."""
+    return None if value in ("", "latest", "best", "none", None) else value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,7 +44,9 @@ def main():
 )
 @click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
 @click.option("--no-cache", is_flag=True, help="Decode the data again even if a cached copy exists.")
-def train(phase, experiment, no_cache, settings, **overrides):
+@click.option("--resume", "resume", callback=_latest_is_none, metavar="RUN_ID",
+              help="Continue a killed or failed run from its last finished epoch.")
+def train(phase, experiment, no_cache, settings, resume, **overrides):
     """Train PHASE (phase1, phase2, or a YAML file) as one MLflow run."""
     for setting in settings:
         key, sep, value = setting.partition("=")
@@ -54,12 +57,19 @@ def train(phase, experiment, no_cache, settings, **overrides):
         config = load_config(phase, overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
+    from fer.checkpoints import ResumeError
     from fer.train import train as run_training  # TensorFlow loads only once the input is known good
 
+    # A polite kill (SIGTERM) ends the run KILLED with its history and checkpoint, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        run_training(config, experiment=experiment, use_cache=not no_cache)
-    except DataError as err:
+        run_training(config, experiment=experiment, use_cache=not no_cache, resume=resume)
+    except (DataError, ResumeError) as err:
         raise click.ClickException(str(err)) from None
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @main.command()

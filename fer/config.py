@@ -71,6 +71,7 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     label_mode: str = "majority"
+    label_smoothing: float = 0.0
     class_weight: str = "none"
     seed: int = 42
     skip_bad: bool = False
@@ -188,6 +189,8 @@ def validate(config: TrainConfig) -> None:
         LabelMode.parse(config.label_mode)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if not 0 <= config.label_smoothing < 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1); got {config.label_smoothing}")
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"val_fraction must be between 0 and 1; got {config.val_fraction}")
     if not 0 < config.reduce_lr.factor < 1:

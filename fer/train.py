@@ -16,6 +16,7 @@ Read top to bottom, `train` is the whole story of a run:
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 import tempfile
@@ -25,11 +26,20 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
 from fer import reports
+from fer.checkpoints import (
+    EpochHistory,
+    backup_callback,
+    check_resumable,
+    checkpoint_dir,
+    config_of_run,
+    fill_metric_gaps,
+)
 from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.models import build_model
@@ -82,9 +92,21 @@ class SkipAutologValidationEcho(keras.callbacks.Callback):
                 callback.on_test_end = lambda logs=None: None
 
 
-def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True) -> str:
-    """Train `config` as one MLflow run and return its run id."""
+def train(
+    config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True, resume: str | None = None
+) -> str:
+    """Train `config` as one MLflow run and return its run id.
+
+    resume: the id of a run that was killed or failed; it continues from its
+    last finished epoch, with its own configuration, in the same MLflow run.
+    """
     configure_tracking(experiment)
+    client = MlflowClient()
+    epochs_already_done = 0
+    if resume:
+        epochs_already_done = check_resumable(client, resume)
+        config = config_of_run(client, resume)
+        print(f"Resuming run {resume} after epoch {epochs_already_done}, with its original configuration.")
 
     # 1. Data
     splits = fer_data.load(
@@ -108,7 +130,7 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
     model = build_model(config.model)
     model.compile(
         optimizer=_optimizer(config),
-        loss=keras.losses.CategoricalCrossentropy(),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
 
@@ -116,41 +138,47 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
     # autologging's model has no input example, and its dataset logging would
     # iterate the augmented tf.data pipeline instead of the source arrays.
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
-    with mlflow.start_run(run_name=_run_name(config)) as run:
-        mlflow.set_tags(
-            {
-                TAG_PHASE: config.phase,
-                TAG_MODEL: config.model,
-                TAG_DATA_SOURCE: splits.source,
-                TAG_LABEL_MODE: splits.label_mode.value,
-                TAG_EVAL_SPLIT: splits.eval_split_name,
-                "mlflow.runName": _run_name(config),
-            }
-        )
-        # Prefixed: `mlflow run` logs its raw -P values (epochs="''" when left
-        # empty) and autologging logs fit()'s arguments under the bare names.
-        mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
-        _log_data(splits)
+    run_name = None if resume else _run_name(config)
+    with mlflow.start_run(run_id=resume, run_name=run_name) as run:
+        run_id = run.info.run_id
+        if resume:
+            _note_resume(client, run_id)
+        else:
+            _log_run_header(config, splits, model, run_name)
 
-        callbacks = _callbacks(config)
+        directory = checkpoint_dir(run_id)
+        steering = _callbacks(config)
+        recorder = EpochHistory(directory / "history.json", keep_epochs=epochs_already_done, steering=steering)
+        if resume and (filled := fill_metric_gaps(client, run_id, recorder.history)):
+            print(f"Logged {filled} metric values that the interrupted sitting had not flushed.")
+        # Order matters (see fer.checkpoints): history file, checkpoint, then MLflow's logger.
+        callbacks = [*steering, recorder, backup_callback(directory)]
         callbacks.append(SkipAutologValidationEcho(callbacks))
         started = time.monotonic()
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            # Ignored by Keras for a tf.data input (already batched), but lets
-            # autologging record the real batch size rather than None.
-            batch_size=config.batch_size,
-            shuffle=False,  # the pipeline shuffles
-            callbacks=callbacks,
-            class_weight=_class_weights(config, splits.train),
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        try:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=config.epochs,
+                # Ignored by Keras for a tf.data input (already batched), but lets
+                # autologging record the real batch size rather than None.
+                batch_size=config.batch_size,
+                shuffle=False,  # the pipeline shuffles
+                callbacks=callbacks,
+                class_weight=_class_weights(config, splits.train),
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+        except BaseException as err:
+            _log_interrupted(err, recorder.history, config, directory, run_id)
+            raise
         mlflow.log_metric("train_seconds", time.monotonic() - started)
+        # Autologging logs asynchronously; a write it lost (a busy shared store,
+        # say) is logged again here from the epoch history, so no value is missing.
+        mlflow.flush_async_logging()
+        fill_metric_gaps(client, run_id, recorder.history)
 
-        # 5. Reports on the history
-        best = _log_history(history.history, config)
+        # 5. Reports on the whole history, every sitting of a resumed run included
+        best = _log_history(recorder.history, config)
 
         # 6. Evaluation
         evaluation = _evaluate(model, splits, config.batch_size)
@@ -161,9 +189,54 @@ def train(config: TrainConfig, *, experiment: str | None = None, use_cache: bool
     print(f"\n{best.to_text()}")
     print(
         f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}"
-        f"\nRun {run.info.run_id} in {mlflow.get_tracking_uri()}"
+        f"\nRun {run_id} in {mlflow.get_tracking_uri()}"
     )
-    return run.info.run_id
+    return run_id
+
+
+def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run_name: str) -> None:
+    """Tags, configuration and data of a new run."""
+    mlflow.set_tags(
+        {
+            TAG_PHASE: config.phase,
+            TAG_MODEL: config.model,
+            TAG_DATA_SOURCE: splits.source,
+            TAG_LABEL_MODE: splits.label_mode.value,
+            TAG_EVAL_SPLIT: splits.eval_split_name,
+            "mlflow.runName": run_name,  # also inside `mlflow run`, which names runs itself
+        }
+    )
+    # Prefixed: `mlflow run` logs its raw -P values and autologging logs
+    # fit()'s arguments under the bare names; ours are the resolved values.
+    mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
+    mlflow.log_param("model.dropout_rates", _dropout_rates(model))
+    mlflow.log_param("model.parameters", model.count_params())
+    _log_data(splits)
+
+
+def _note_resume(client: MlflowClient, run_id: str) -> None:
+    """Count the sittings; and label the empty run `mlflow run` made, if it made one."""
+    sittings = int(client.get_run(run_id).data.tags.get("fer.sittings", "1")) + 1
+    mlflow.set_tag("fer.sittings", str(sittings))
+    shell = os.environ.get("MLFLOW_RUN_ID")
+    if shell and shell != run_id:
+        client.set_tag(shell, "fer.resumed_run_id", run_id)
+        client.set_tag(shell, "mlflow.note.content", f"This run only resumed run {run_id}; its results are there.")
+
+
+def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, directory: Path, run_id: str) -> None:
+    """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint."""
+    if history.get("val_loss"):
+        _log_history(history, config)
+    if directory.exists():
+        mlflow.log_artifacts(str(directory), artifact_path="checkpoint")
+    status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    mlflow.end_run(status)
+    print(
+        f"\nRun {run_id} ended {status} after {len(history.get('loss', []))} epochs. "
+        f"Resume it with: fer train {config.phase} --resume {run_id}",
+        file=sys.stderr,
+    )
 
 
 def _run_name(config: TrainConfig) -> str:
@@ -214,6 +287,11 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
             )
         )
     return callbacks
+
+
+def _dropout_rates(model: keras.Model) -> str:
+    """The network's dropout rates in order, e.g. "0.2,0.3,0.4,0.5" (a regularizer diagnostics cite)."""
+    return ",".join(str(layer.rate) for layer in model.layers if isinstance(layer, keras.layers.Dropout))
 
 
 def _mode(monitor: str) -> str:
@@ -280,6 +358,10 @@ def _evaluate(model: keras.Model, splits: Splits, batch_size: int) -> reports.Ev
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
+    mlflow.log_dict(
+        {"split": split_name, "labels": list(EMOTIONS), "counts": evaluation.confusion.tolist()},
+        "confusion_matrix.json",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         title = f"Confusion matrix ({split_name}, row-normalized)"
         path = reports.plot_confusion_matrix(evaluation.confusion, EMOTIONS, Path(tmp) / "confusion_matrix.png", title)

@@ -1,0 +1,161 @@
+"""Nothing is lost: killed runs resume, interrupted runs keep their state, concurrent runs all finish."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import EXPERIMENT, project_env, run_or_fail
+
+pytestmark = pytest.mark.slow
+PER_EPOCH = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+TRAIN = [sys.executable, "-m", "fer.cli", "train", "phase1", "--data", "synthetic:128", "--batch-size", "32",
+         "--experiment", EXPERIMENT]
+
+
+def start_training(epochs: int, env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*TRAIN, "--epochs", str(epochs)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for_epochs(client: MlflowClient, cache: Path, epochs: int, process: subprocess.Popen, timeout=240) -> str:
+    """The id of the running run once its checkpoint holds `epochs` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        for run in runs:
+            metadata = cache / "checkpoints" / run.info.run_id / "training_metadata.json"
+            if metadata.exists() and json.loads(metadata.read_text())["epoch"] >= epochs:
+                return run.info.run_id
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no checkpoint with {epochs} epochs within {timeout}s")
+
+
+def steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(uri), project_env(uri, tmp_path), tmp_path
+
+
+def test_sigkilled_run_resumes_through_mlflow_run_with_no_gap_and_no_duplicate(store):
+    uri, client, env, tmp_path = store
+    process = start_training(5, env, tmp_path)
+    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert client.get_run(run_id).info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
+
+    run_or_fail("phase1", {"resume": run_id}, uri, tmp_path)
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fer.sittings"] == "2"
+    for key in PER_EPOCH:
+        assert steps(client, run_id, key) == [0, 1, 2, 3, 4], key
+    history = json.loads(Path(client.download_artifacts(run_id, "history.json", str(tmp_path))).read_text())
+    assert len(history["val_accuracy"]) == 5
+    assert not (tmp_path / "cache" / "checkpoints" / run_id).exists()  # a finished run leaves no checkpoint
+
+
+def test_resuming_restores_the_learning_rate_state(store, monkeypatch):
+    """A forced step before the kill must still be in force after it."""
+    uri, client, env, tmp_path = store
+    process = subprocess.Popen(
+        [*TRAIN, "--epochs", "6", "--set", "reduce_lr.monitor=learning_rate", "--set", "reduce_lr.patience=1",
+         "--set", "early_stopping.enabled=false"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    run_id = wait_for_epochs(client, tmp_path / "cache", 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = subprocess.run([*TRAIN, "--resume", run_id], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    history = sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(6))
+    # Steps after epochs 2 and 4 (1-based): the rate epoch 4 trained at came from the first sitting.
+    np.testing.assert_allclose([m.value for m in history], [1e-3, 1e-3, 2e-4, 2e-4, 4e-5, 4e-5], rtol=1e-5)
+
+
+def test_ctrl_c_ends_the_run_killed_with_history_plots_and_checkpoint(store):
+    uri, client, env, tmp_path = store
+    process = start_training(50, env, tmp_path)
+    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert f"--resume {run_id}" in output
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for folder in ("plots", "checkpoint") for a in client.list_artifacts(run_id, folder)
+    }
+    assert {"history.json", "plots/history.png", "checkpoint/training_metadata.json"} <= artifacts
+    assert len(steps(client, run_id, "val_loss")) >= 2
+
+
+def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch):
+    import keras
+
+    import fer.train
+    from fer.config import load_config
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("disk full (simulated)")
+
+    original = fer.train._callbacks
+    monkeypatch.setattr(fer.train, "_callbacks", lambda config: [*original(config), Explode()])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    config = load_config("phase1", {"data": "synthetic:64", "epochs": 5, "batch_size": 32})
+    with pytest.raises(RuntimeError, match="disk full"):
+        fer.train.train(config, experiment="failing")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("failing").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert steps(client, run.info.run_id, "loss") == [0, 1]
+    assert {"history.json", "plots", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    mlflow.set_tracking_uri(None)
+
+
+def test_four_concurrent_runs_on_the_default_sqlite_store_all_finish_complete(tmp_path):
+    env = project_env("unused", tmp_path)
+    del env["MLFLOW_TRACKING_URI"]  # the default store: ./mlflow.db in the working folder
+    processes = [start_training(3, env, tmp_path) for _ in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert "database is locked" not in output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in PER_EPOCH:
+            assert steps(client, run.info.run_id, key) == [0, 1, 2], (run.info.run_id, key)
+
+
+def test_resume_of_a_finished_run_is_refused_with_a_reason(trained_store):
+    uri, client, runs, folder = trained_store
+    env = project_env(uri, folder)
+    result = subprocess.run([*TRAIN, "--resume", runs["phase1"].info.run_id], env=env, cwd=folder,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "already FINISHED; there is nothing to resume" in result.stderr
