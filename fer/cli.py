@@ -11,7 +11,7 @@ import click
 
 from fer.config import ConfigError, load_config
 from fer.data.splits import DataError, LabelMode
-from fer.tracking import DEFAULT_EXPERIMENT
+from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
 
 
 def _blank_is_none(ctx, param, value):
@@ -64,7 +64,7 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         run_training(config, experiment=experiment, use_cache=not no_cache, resume=resume)
-    except (DataError, ResumeError) as err:
+    except (DataError, ResumeError, TrackingServerError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -85,7 +85,7 @@ def compare(baseline_run, final_run, experiment):
 
     try:
         run_id, _, markdown = run_compare(baseline_run, final_run, experiment)
-    except CompareError as err:
+    except (CompareError, TrackingServerError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(markdown)
     click.echo(f"Logged to run {run_id}")
@@ -106,7 +106,7 @@ def promote(run_id, model_name, metric, min_value, experiment):
     try:
         decision = run_promote(run_id, model_name=model_name, metric=metric, min_value=min_value,
                                experiment=experiment)
-    except PromotionError as err:
+    except (PromotionError, TrackingServerError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(decision.to_text())
 

@@ -39,9 +39,41 @@ def configure_tracking(experiment: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         _initialize_sqlite_store(uri)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
     if experiment and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
     return mlflow.get_tracking_uri()
+
+
+class TrackingServerError(ConnectionError):
+    """The tracking server cannot be used; raised before any work starts."""
+
+
+# One quick try: a server that is down should be reported in seconds, not
+# after MLflow's default retries with back-off (minutes).
+PREFLIGHT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def check_server(uri: str) -> None:
+    """Make one real API call to the tracking server; fail clearly if it does not answer as MLflow."""
+    saved = {key: os.environ.get(key) for key in PREFLIGHT_ENV}
+    os.environ.update(PREFLIGHT_ENV)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # connection refused, DNS, 401/403, not an MLflow server, ...
+        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise TrackingServerError(
+            f"The MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) cannot be used: {reason}. "
+            "Check that it is running and reachable, and, for a server with authentication, that "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are set. Nothing was trained."
+        ) from err
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _initialize_sqlite_store(uri: str) -> None:

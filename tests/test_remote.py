@@ -1,0 +1,101 @@
+"""Against a real `mlflow server` on 127.0.0.1: phases, compare and promote, and a server that is not there."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import EXPERIMENT, project_env, run_or_fail
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """An MLflow tracking server with a SQLite backend that serves artifacts from a temporary folder."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination", str(folder / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield uri, folder
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_path):
+    uri, folder = server
+    params = {"data": "synthetic:64", "epochs": 2, "batch_size": 32}
+    for phase in ("phase1", "phase2"):
+        run_or_fail(phase, params, uri, tmp_path)
+    run_or_fail("compare", {}, uri, tmp_path)
+    promoted = run_or_fail("promote", {"model_name": "fer-remote"}, uri, tmp_path)
+    assert "now champion" in promoted.stdout
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    phases = sorted(run.data.tags.get("fer.phase") for run in runs)
+    assert phases == ["compare", "phase1", "phase2", "promote"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert client.get_model_version_by_alias("fer-remote", "champion").version == "1"
+    # Artifacts went through the server into its folder, not into the client's working folder.
+    stored = {p.name for p in (folder / "artifacts").rglob("*")}
+    assert {"history.json", "comparison.html", "history.png"} <= stored
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_unreachable_server_is_reported_before_training(tmp_path):
+    env = project_env(f"http://127.0.0.1:{free_port()}", tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "fer.cli", "train", "phase2", "--epochs", "1"],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "tracking server at http://127.0.0.1:" in result.stderr and "Nothing was trained" in result.stderr
+    assert "Epoch 1/1" not in result.stdout and "Data:" not in result.stdout  # before data and training
+
+
+def test_something_that_is_not_an_mlflow_server_is_reported(tmp_path):
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        env = project_env(f"http://127.0.0.1:{port}", tmp_path)
+        result = subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True)
+    finally:
+        web.terminate()
+        web.wait()
+    assert result.returncode == 1
+    assert "cannot be used" in result.stderr and "Traceback" not in result.stderr
