@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import click
 
 from fer.config import ConfigError, load_config
+from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
 
@@ -55,7 +56,9 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
         overrides[key.strip()] = value.strip()
     try:
         config = load_config(phase, overrides)
-    except ConfigError as err:
+        if not resume:
+            describe_source(config.data)  # a data path that is not there fails here, in a second
+    except (ConfigError, DataError) as err:
         raise click.UsageError(str(err)) from None
     from fer.checkpoints import ResumeError
     from fer.train import train as run_training  # TensorFlow loads only once the input is known good

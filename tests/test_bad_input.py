@@ -1,0 +1,59 @@
+"""Bad parameters fail fast, with a message, through `mlflow run` and the CLI alike."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import mlflow_run, project_env
+
+ROOT = Path(__file__).resolve().parents[1]
+FER_PACKAGE = ROOT / "fer"
+
+BAD = [
+    ({"epochs": 0}, "epochs must be a positive whole number; got 0"),
+    ({"batch_size": -4}, "batch_size must be a positive whole number; got -4"),
+    ({"label_mode": "soft"}, "label_mode must be one of majority, probability; got 'soft'"),
+    ({"data": "/no/such/faces"}, "Data path '/no/such/faces' does not exist"),
+]
+
+
+@pytest.mark.parametrize("params, message", BAD)
+def test_cli_rejects_bad_parameters_before_training(params, message, tmp_path):
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in params.items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "fer.cli", "train", "phase1", *args],
+        env=project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path), cwd=tmp_path,
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
+
+
+def test_cli_rejects_an_unknown_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fer.cli", "train", "phase1", "--model", "resnet"],
+        env=project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path), cwd=tmp_path,
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "model must be one of baseline, final; got 'resnet'" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params, message", BAD)
+def test_mlflow_run_rejects_bad_parameters_before_training(params, message, tmp_path):
+    result = mlflow_run("phase2", params, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output and "Epoch 1/" not in output
+
+
+def test_no_pickle_is_ever_loaded():
+    """history.pkl is written for notebooks, never read back: the project reads JSON."""
+    for source in FER_PACKAGE.rglob("*.py"):
+        text = source.read_text()
+        for call in ("pickle.load(", "pickle.loads(", "cloudpickle.load", "allow_pickle=True"):
+            assert call not in text, f"{source}: {call}"
