@@ -114,6 +114,24 @@ def promote(run_id, model_name, metric, min_value, experiment):
     click.echo(decision.to_text())
 
 
+@main.command()
+@click.argument("run_id")
+def diagnose(run_id):
+    """Write diagnostics.md and diagnostics.json to RUN_ID and print the summary."""
+    from mlflow.exceptions import MlflowException
+
+    from fer.diagnostics import diagnose_run, log_diagnostics
+    from fer.tracking import configure_tracking
+
+    try:
+        configure_tracking(None)
+        diagnostics = diagnose_run(run_id)
+        log_diagnostics(diagnostics, run_id=run_id)
+    except (TrackingServerError, MlflowException, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(diagnostics.to_markdown())
+
+
 @main.group()
 def data():
     """Inspect data sources."""

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from fer import reports
+from fer.diagnostics import STABILITY_BANDS, compare_rows, diagnose_run
 from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, configure_tracking
 
 PHASE_COMMANDS = {
@@ -33,9 +34,9 @@ PHASE_COMMANDS = {
 }
 HISTORY_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
 
-# Word labels: standard deviation of epoch-to-epoch changes in validation
-# accuracy, and train-minus-validation accuracy at the best epoch.
-STABILITY_BANDS = ((0.01, "stable"), (0.03, "moderately volatile"), (float("inf"), "volatile"))
+# Word labels for train-minus-validation accuracy at the best epoch; those for
+# stability (std of epoch-to-epoch validation-accuracy changes) are shared with
+# fer.diagnostics.
 OVERFIT_BANDS = ((0.0, "none (validation above training)"), (0.05, "low"), (0.10, "moderate"), (float("inf"), "high"))
 
 
@@ -202,6 +203,12 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
 HEADER = ("Metric", "Baseline (phase 1)", "Final (phase 2)", "Improvement")
 
 
+def diagnostic_rows(client: MlflowClient, baseline: RunSummary, final: RunSummary) -> list[Row]:
+    """The measured statements of `fer.diagnostics` for both runs, side by side."""
+    pairs = compare_rows(diagnose_run(baseline.run_id, client), diagnose_run(final.run_id, client))
+    return [Row(f"Diagnosis: {aspect}", b, f, "") for aspect, b, f in pairs]
+
+
 def to_markdown(rows: list[Row], baseline: RunSummary, final: RunSummary) -> str:
     lines = [
         "# Baseline vs final",
@@ -287,7 +294,7 @@ def compare(
         experiment = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id).name
     baseline_run, final_run = resolve_runs(client, experiment, baseline_run_id, final_run_id)
     baseline, final = summarize(client, baseline_run), summarize(client, final_run)
-    rows = comparison_rows(baseline, final)
+    rows = comparison_rows(baseline, final) + diagnostic_rows(client, baseline, final)
     markdown = to_markdown(rows, baseline, final)
 
     if not os.environ.get("MLFLOW_RUN_ID"):

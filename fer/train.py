@@ -10,7 +10,9 @@ Read top to bottom, `train` is the whole story of a run:
 5. reports: history (JSON and pickle), history plots, best-performance text;
 6. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report;
-7. model: logged with a signature and an input example, ready for the registry.
+7. diagnostics: learning-rate steps and their measured effect, the train-validation
+   gap, overfitting onset, stability, convergence, the weakest classes;
+8. model: logged with a signature and an input example, ready for the registry.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fer.checkpoints import (
 )
 from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
+from fer.diagnostics import diagnose_run, log_diagnostics
 from fer.models import build_model
 from fer.pipeline import make_dataset
 from fer.serving import log_emotion_model
@@ -183,10 +186,15 @@ def train(
         # 6. Evaluation
         evaluation = _evaluate(model, splits, config.batch_size)
 
-        # 7. The model, ready for pyfunc and the registry
+        # 7. The analysis people used to write by hand, from the run's own numbers
+        diagnostics = diagnose_run(run_id, client)
+        log_diagnostics(diagnostics)
+
+        # 8. The model, ready for pyfunc and the registry
         _log_model(model, splits.val)
 
     print(f"\n{best.to_text()}")
+    print(diagnostics.summary())
     print(
         f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}"
         f"\nRun {run_id} in {mlflow.get_tracking_uri()}"

@@ -96,8 +96,22 @@ def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, t
         assert table["Test accuracy"][column] == f"{runs[phase].data.metrics['eval_accuracy']:.4f}"
         assert table["Test macro-F1"][column] == f"{runs[phase].data.metrics['eval_macro_f1']:.4f}"
 
+    assert "Diagnosis: Overfitting onset" in table and "Diagnosis: Learning-rate steps" in table
+
     page = (local / "comparison.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page and 'src="http' not in page
     assert "| Best validation accuracy |" in (local / "comparison.md").read_text()
     with Image.open(local / "plots" / "compare_history.png") as image:
         assert image.format == "PNG"
+
+
+@pytest.mark.slow
+def test_diagnose_command_writes_the_analysis_to_a_run(trained_store, tmp_path, monkeypatch):
+    uri, client, runs, _ = trained_store
+    run_id = runs["phase2"].info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = CliRunner().invoke(main, ["diagnose", run_id])
+    assert result.exit_code == 0, result.output
+    assert "Overfitting" in result.output
+    local = Path(client.download_artifacts(run_id, "diagnostics.md", str(tmp_path)))
+    assert local.read_text().strip() == result.output.strip()

@@ -74,6 +74,9 @@ def test_run_holds_history_reports_and_evaluation(store, phase, tmp_path):
     report = (local / "classification_report.txt").read_text()
     assert "happiness" in report and "macro avg" in report
     assert (local / "model_summary.txt").exists() and (local / "history.pkl").exists()
+    diagnostics = json.loads((local / "diagnostics.json").read_text())
+    assert diagnostics["epoch_numbering"] == "1-based"
+    assert "## " in (local / "diagnostics.md").read_text()
     metrics = run.data.metrics
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_macro_f1"] <= 1
     assert "eval_recall_sadness" in metrics
