@@ -1,5 +1,6 @@
 """Against a real `mlflow server` on 127.0.0.1: phases, compare and promote, and a server that is not there."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -99,3 +100,38 @@ def test_something_that_is_not_an_mlflow_server_is_reported(tmp_path):
         web.wait()
     assert result.returncode == 1
     assert "cannot be used" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
+    """The recipe in the README: `mlflow server --app-name basic-auth`, credentials from the environment."""
+    port, password = free_port(), "fer-test-password-123"
+    server_env = {**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret", "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"],
+        env=server_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "auth server did not start"
+                time.sleep(0.5)
+
+        def compare_as(user, secret):
+            env = {**project_env(uri, tmp_path), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": secret}
+            return subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True)
+
+        refused = compare_as("admin", "wrong-password-000")
+        assert refused.returncode == 1 and "401" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr
+        accepted = compare_as("admin", password)
+        # Authenticated: the server answered, and the experiment simply has no runs yet.
+        assert accepted.returncode == 1 and "No finished phase1 run" in accepted.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
