@@ -132,6 +132,38 @@ def diagnose(run_id):
     click.echo(diagnostics.to_markdown())
 
 
+@main.command()
+@click.option("--model", "model_uri", required=True, metavar="MODEL_URI",
+              help="The photo model: models:/fer-emotion@champion, runs:/<run id>/model of a promote run, "
+                   "or a local model folder.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), metavar="OUT_DIR",
+              help="Also write each photo with its faces boxed and labelled to OUT_DIR/<name>.annotated.png.")
+def predict(model_uri, images, annotate_dir):
+    """Find the faces in each IMAGE and print one line per face: box, emotion, probabilities."""
+    from fer.serving import PredictError, annotate_file, describe_faces, load_service_model, predict_file
+    from fer.tracking import configure_tracking
+
+    try:
+        configure_tracking()  # models:/ and runs:/ resolve against the project's store
+        model = load_service_model(model_uri)
+    except (PredictError, TrackingServerError) as err:
+        raise click.ClickException(str(err)) from None
+    failed = 0
+    for path in images:
+        try:
+            faces = predict_file(model, path)
+            for line in describe_faces(path, faces):
+                click.echo(line)
+            if annotate_dir:
+                click.echo(f"{path}\tannotated: {annotate_file(path, faces, annotate_dir)}")
+        except PredictError as err:  # one bad photo should not hide the others' results
+            click.echo(f"Error: {err}", err=True)
+            failed += 1
+    if failed:
+        raise click.ClickException(f"{failed} of {len(images)} images could not be used (see above).")
+
+
 @main.group()
 def data():
     """Inspect data sources."""

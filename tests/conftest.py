@@ -5,12 +5,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "fer-test"
 TRAINED_EPOCHS = 2
+
+
+MLFLOW_STATE_VARIABLES = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_state():
+    """Each test starts with no active run or experiment left by another.
+
+    mlflow.set_experiment remembers the experiment id in-process and in
+    MLFLOW_EXPERIMENT_ID; a later test with another store would look for it there.
+    """
+    saved = {name: os.environ.pop(name, None) for name in MLFLOW_STATE_VARIABLES}
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.tracking.fluent._active_experiment_id = None  # no public way to forget it
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 def project_env(tracking_uri: str, tmp_path: Path) -> dict:
