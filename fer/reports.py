@@ -149,6 +149,7 @@ def _mark_best_val_accuracy(ax, history: dict) -> None:
         color="tab:red",
         markeredgecolor="white",
         zorder=5,
+        clip_on=False,  # the best epoch is often the last one, on the frame
         label=f"best val {values[best]:.4f} (epoch {best + 1})",
     )
 
@@ -165,7 +166,7 @@ def _mark_lr_steps(ax, steps, annotate: bool) -> None:
             linestyle="--",
             linewidth=1,
             zorder=1,
-            label="lr step" if i == 0 and not annotate else None,
+            label=_steps_label(steps) if i == 0 and not annotate else None,
         )
         if annotate:
             ax.annotate(
@@ -180,6 +181,30 @@ def _mark_lr_steps(ax, steps, annotate: bool) -> None:
                 fontsize=8.5,
                 color="0.25",
             )
+
+
+def _steps_label(steps) -> str:
+    """Legend text for the step lines on the accuracy/loss panels: the new rates, if few."""
+    if len(steps) > 2:
+        # More would make the legend bigger than the plot; the lr panel has them all.
+        return f"{len(steps)} lr steps (see learning rate)"
+    return ", ".join(
+        f"lr \u2192 {_format_rate(new)} from epoch {epoch + 1}" for epoch, _, new in steps
+    )
+
+
+def _lr_limits(rates: np.ndarray) -> tuple[float, float]:
+    """Log-axis limits leaving the top ~30% free for the rotated step annotations.
+
+    Without the headroom the "lr -> 5e-4" labels, hung from the top of the
+    panel, cross the curve where it is still at the initial (highest) rate.
+    Also gives a constant rate a non-degenerate range.
+    """
+    bottom = np.log10(np.nanmin(rates)) - 0.3
+    data_top = np.log10(np.nanmax(rates)) + 0.15
+    headroom = 0.3
+    top = data_top + headroom / (1 - headroom) * (data_top - bottom)
+    return 10**bottom, 10**top
 
 
 def _plot_learning_rate(ax, rates: np.ndarray, n_epochs: int) -> None:
@@ -198,16 +223,18 @@ def _plot_learning_rate(ax, rates: np.ndarray, n_epochs: int) -> None:
     if np.all(rates[np.isfinite(rates)] > 0):
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10))
-        low, high = np.nanmin(rates), np.nanmax(rates)
-        # Constant rate: a log axis over a single value is a degenerate range.
-        ax.set_ylim(low / 3, high * 3)
+        ax.set_ylim(*_lr_limits(rates))
     ax.set_title("learning rate")
     ax.set_ylabel("learning rate (log scale)")
 
 
 def _style_epoch_axis(ax, n_epochs: int) -> None:
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_epochs, 12)))
+    if n_epochs <= 15:
+        # Every epoch labelled; MaxNLocator would put ticks at 0.6, 1.2 for one epoch.
+        ax.set_xticks(range(1, n_epochs + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
     # Half an epoch of margin so the first/last points and the step lines at
     # x.5 are not glued to the frame; also gives 1-epoch runs a real x range.
     ax.set_xlim(0.5, n_epochs + 0.5)
@@ -231,7 +258,11 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
     rates = _learning_rates(history)
     steps = learning_rate_steps(history)
 
-    metrics = [m for m in ("accuracy", "loss") if _series(history, m) is not None or _series(history, f"val_{m}") is not None]
+    metrics = [
+        m
+        for m in ("accuracy", "loss")
+        if _series(history, m) is not None or _series(history, f"val_{m}") is not None
+    ]
     n_panels = len(metrics) + (rates is not None)
     if n_panels == 0:
         raise ValueError(
@@ -248,7 +279,11 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
         _mark_lr_steps(ax, steps, annotate=False)
         ax.set_title(metric)
         ax.set_ylabel(metric)
-        ax.legend(loc="best", fontsize=9, framealpha=0.9)
+        # Below the panel, not inside: inside, "best" still lands on data for
+        # short runs or curves that fill the panel.
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=9, frameon=False
+        )
         _style_epoch_axis(ax, n_epochs)
     if rates is not None:
         ax = axes[-1]
@@ -386,16 +421,25 @@ def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=None) -> Path
     cell_font = 9 if k <= 8 else 7
     for row in range(k):
         if support[row] == 0:
-            ax.text((k - 1) / 2, row, "no samples", ha="center", va="center", fontsize=cell_font, color="0.3", style="italic")
+            ax.text(
+                (k - 1) / 2, row, "no samples",
+                ha="center", va="center", fontsize=cell_font, color="0.3", style="italic",
+            )
             continue
         for col in range(k):
             share = shares[row, col]
             # White text on dark cells, black on light ones, so both stay legible.
             color = "white" if share > 0.55 else "black"
             weight = "bold" if row == col else "normal"
-            ax.text(col, row, f"{share:.0%}\n({cm[row, col]})", ha="center", va="center", fontsize=cell_font, color=color, fontweight=weight, linespacing=1.1)
+            ax.text(
+                col, row, f"{share:.0%}\n({cm[row, col]})",
+                ha="center", va="center", fontsize=cell_font,
+                color=color, fontweight=weight, linespacing=1.1,
+            )
 
-    ax.set_xticks(range(k), labels=list(class_names), rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_xticks(
+        range(k), labels=list(class_names), rotation=40, ha="right", rotation_mode="anchor"
+    )
     ax.set_yticks(range(k), labels=[f"{name} (n={n})" for name, n in zip(class_names, support)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -412,9 +456,8 @@ def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=None) -> Path
 
 
 def _blues_with_grey():
-    cmap = colormaps["Blues"].copy()
-    cmap.set_bad("0.85")  # masked (zero-support) rows
-    return cmap
+    # Masked cells (rows with zero support) are drawn light grey, not white "0%".
+    return colormaps["Blues"].with_extremes(bad="0.85")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: ndarray fields make field-wise == ambiguous
@@ -484,6 +527,7 @@ def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Eval
 
     all_labels = list(range(k))
     present = sorted(set(y_true.tolist()))
+    macro_f1 = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=all_labels, zero_division=0
     )
@@ -496,15 +540,24 @@ def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Eval
         }
         for i, name in enumerate(class_names)
     }
+    report_text = classification_report(
+        y_true, y_pred, labels=all_labels, target_names=class_names, zero_division=0, digits=4
+    )
+    if len(present) < k:
+        # sklearn's "macro avg" row averages all K classes, zeros included; say
+        # which number is logged as macro_f1 so the two are not confused.
+        missing = ", ".join(class_names[i] for i in all_labels if i not in present)
+        report_text += (
+            f"\nNo samples of: {missing}. macro_f1 (logged) averages the {len(present)} "
+            f"classes present: {macro_f1:.4f}\n"
+        )
     confusion = confusion_matrix(y_true, y_pred, labels=all_labels)
     confusion.setflags(write=False)  # the dataclass is frozen; keep its array so too
     return Evaluation(
         split=split,
         accuracy=float(accuracy_score(y_true, y_pred)),
-        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        macro_f1=macro_f1,
         per_class=per_class,
         confusion=confusion,
-        report_text=classification_report(
-            y_true, y_pred, labels=all_labels, target_names=class_names, zero_division=0, digits=4
-        ),
+        report_text=report_text,
     )

@@ -1,12 +1,18 @@
-"""History plots, the best-performance report and evaluation numbers."""
+"""fer.reports: learning-rate steps, history plots, best epochs, evaluation metrics."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import f1_score
 
-from fer.data.splits import EMOTIONS
+from fer import EMOTIONS
 from fer.reports import (
+    BestPerformance,
     best_performance,
     evaluate_predictions,
     learning_rate_steps,
@@ -14,74 +20,310 @@ from fer.reports import (
     plot_history,
 )
 
-HISTORY = {
-    "accuracy": [0.40, 0.55, 0.62, 0.70],
-    "val_accuracy": [0.45, 0.58, 0.57, 0.61],
-    "loss": [1.8, 1.3, 1.1, 0.9],
-    "val_loss": [1.7, 1.25, 1.3, 1.2],
-    "learning_rate": [1e-3, 1e-3, 2e-4, 2e-4],
-}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def assert_png(path, min_width=400):
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def _assert_png(path, min_width=400, min_height=300):
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(path) as image:
-        assert image.width >= min_width and image.height >= 200
+        image.verify()  # raises on a truncated or corrupt file
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width >= min_width and height >= min_height
+    return width, height
 
 
-def test_learning_rate_steps_finds_the_first_epoch_at_the_new_rate():
-    assert learning_rate_steps(HISTORY) == [(2, pytest.approx(1e-3), pytest.approx(2e-4))]
-    assert learning_rate_steps({"learning_rate": [1e-3] * 5}) == []
-    assert learning_rate_steps({"accuracy": [0.1, 0.2]}) == []
-    # float32 round-trip noise is not a step
-    assert learning_rate_steps({"learning_rate": [1e-3, float(np.float32(1e-3)), 1e-3]}) == []
+def _history(epochs=12, step_at=7):
+    """Realistic made-up curves, learning rate 1e-3 then 1e-4 from 0-based epoch `step_at`."""
+    e = np.arange(epochs)
+    return {
+        "accuracy": (0.45 + 0.35 * (1 - np.exp(-e / 4))).tolist(),
+        "loss": (1.6 * np.exp(-e / 5) + 0.45).tolist(),
+        "val_accuracy": (0.42 + 0.27 * (1 - np.exp(-e / 3.5))).tolist(),
+        "val_loss": (1.5 * np.exp(-e / 4) + 0.75).tolist(),
+        # float32 like Keras logs it, so the rates are not exactly 1e-3 / 1e-4
+        "learning_rate": np.where(e < step_at, 1e-3, 1e-4).astype(np.float32).tolist(),
+    }
+
+
+# ------------------------------------------------------------------ learning_rate_steps
+
+
+def test_learning_rate_steps_finds_the_step_with_old_and_new_rate():
+    steps = learning_rate_steps(_history(epochs=12, step_at=7))
+    assert len(steps) == 1
+    epoch, old, new = steps[0]
+    assert epoch == 7  # 0-based index of the first epoch at the new rate
+    assert old == pytest.approx(1e-3, rel=1e-6)
+    assert new == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_learning_rate_steps_finds_every_step_in_order():
+    history = {"learning_rate": [1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4]}
+    assert learning_rate_steps(history) == [(2, 1e-3, 5e-4), (5, 5e-4, 2.5e-4)]
+
+
+def test_learning_rate_steps_reads_keras2_lr_key():
+    assert learning_rate_steps({"lr": [0.01, 0.001]}) == [(1, 0.01, 0.001)]
 
 
 @pytest.mark.parametrize(
     "history",
     [
-        HISTORY,
-        {k: v for k, v in HISTORY.items() if k != "learning_rate"},
-        {"accuracy": [0.4, 0.5], "loss": [1.5, 1.2]},  # no validation
-        {k: v[:1] for k, v in HISTORY.items()},  # a single epoch
+        {"learning_rate": [1e-3] * 10},
+        {"accuracy": [0.1, 0.2], "loss": [2.0, 1.0]},
+        {"learning_rate": []},
+        {"learning_rate": [1e-3]},
     ],
+    ids=["constant", "missing", "empty", "single-epoch"],
 )
-def test_plot_history_writes_a_png(history, tmp_path):
-    path = plot_history(history, tmp_path / "history.png", title="test")
-    assert_png(path)
+def test_learning_rate_steps_none(history):
+    assert learning_rate_steps(history) == []
 
 
-def test_best_performance_picks_values_and_one_based_epochs():
-    best = best_performance(HISTORY)
-    assert (best.best_val_accuracy, best.best_val_accuracy_epoch) == (0.61, 4)
-    assert (best.lowest_val_loss, best.lowest_val_loss_epoch) == (1.2, 4)
-    assert (best.best_train_accuracy, best.lowest_train_loss_epoch) == (0.70, 4)
-    assert best.epochs == 4
-    assert "Best validation accuracy: 0.6100 (epoch 4 of 4)" in best.to_text()
+def test_learning_rate_steps_ignores_float_noise_but_not_small_rates():
+    noisy = 1e-5 * (1 + np.array([0, 3e-8, -2e-8, 1e-7, 0]))
+    assert learning_rate_steps({"learning_rate": noisy.tolist()}) == []
+    # Tiny absolute change, large relative one (end of a cosine decay): a real
+    # step. np.isclose's default atol=1e-8 would swallow it.
+    assert learning_rate_steps({"learning_rate": [1e-8, 5e-9]}) == [(1, 1e-8, 5e-9)]
 
 
-def test_best_performance_names_a_missing_key():
-    with pytest.raises(ValueError, match="val_loss"):
-        best_performance({k: v for k, v in HISTORY.items() if k != "val_loss"})
+# -------------------------------------------------------------------------- plot_history
 
 
-def test_evaluation_numbers_match_hand_computed_values():
-    y_true = np.array([0, 0, 1, 1, 1, 3])
-    predicted = np.array([0, 1, 1, 1, 0, 3])
-    probabilities = np.eye(8)[predicted] * 0.9 + 0.1 / 8
-    evaluation = evaluate_predictions(y_true, probabilities, EMOTIONS, "test")
-    assert evaluation.accuracy == pytest.approx(4 / 6)
-    assert evaluation.per_class["happiness"]["recall"] == pytest.approx(2 / 3)
-    assert evaluation.per_class["neutral"]["precision"] == pytest.approx(1 / 2)
-    assert evaluation.macro_f1 == pytest.approx(f1_score(y_true, predicted, labels=[0, 1, 3], average="macro"))
-    assert evaluation.confusion[1, 0] == 1 and evaluation.confusion[0, 1] == 1 and evaluation.confusion.sum() == 6
-    metrics = evaluation.metrics("eval")
-    assert metrics["eval_recall_happiness"] == pytest.approx(2 / 3)
-    assert "eval_recall_contempt" not in metrics  # no contempt faces: no fake zero
-    assert "contempt" in evaluation.report_text
+def test_plot_history_writes_png_with_lr_panel(tmp_path):
+    path = plot_history(_history(), tmp_path / "history.png", title="baseline")
+    assert path == tmp_path / "history.png"
+    width, height = _assert_png(path)
+    assert width > 2 * height  # three panels side by side
 
 
-def test_confusion_matrix_plot_handles_a_class_without_faces(tmp_path):
-    counts = np.zeros((8, 8), int)
-    counts[0, 0], counts[1, 0], counts[1, 1] = 5, 2, 3
-    assert_png(plot_confusion_matrix(counts, EMOTIONS, tmp_path / "cm.png", "test"))
+def test_plot_history_accepts_str_and_creates_parent_dirs(tmp_path):
+    target = tmp_path / "artifacts" / "plots" / "history.png"
+    path = plot_history(_history(), str(target))
+    assert path == target
+    _assert_png(target)
+
+
+def test_plot_history_without_learning_rate_has_two_panels(tmp_path):
+    history = _history()
+    del history["learning_rate"]
+    with_lr = _assert_png(plot_history(_history(), tmp_path / "with.png"))
+    without_lr = _assert_png(plot_history(history, tmp_path / "without.png"))
+    assert without_lr[0] < with_lr[0]  # the learning-rate panel was left out
+
+
+def test_plot_history_without_validation_keys(tmp_path):
+    history = {k: v for k, v in _history().items() if not k.startswith("val_")}
+    _assert_png(plot_history(history, tmp_path / "noval.png"))
+
+
+def test_plot_history_single_epoch(tmp_path):
+    history = {k: v[:1] for k, v in _history().items()}
+    _assert_png(plot_history(history, tmp_path / "one.png"))
+
+
+def test_plot_history_rejects_history_without_plottable_keys(tmp_path):
+    with pytest.raises(ValueError, match="history"):
+        plot_history({}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+# ------------------------------------------------------------------------ best_performance
+
+
+HAND_MADE = {
+    "accuracy": [0.50, 0.60, 0.70, 0.65],
+    "val_accuracy": [0.40, 0.55, 0.52, 0.58],
+    "loss": [1.50, 1.20, 0.90, 1.00],
+    "val_loss": [1.60, 1.10, 1.30, 1.25],
+}
+
+
+def test_best_performance_values_and_one_based_epochs():
+    best = best_performance(HAND_MADE)
+    assert best == BestPerformance(
+        best_train_accuracy=0.70,
+        best_train_accuracy_epoch=3,
+        best_val_accuracy=0.58,
+        best_val_accuracy_epoch=4,
+        lowest_train_loss=0.90,
+        lowest_train_loss_epoch=3,
+        lowest_val_loss=1.10,
+        lowest_val_loss_epoch=2,
+        epochs=4,
+    )
+
+
+def test_best_performance_text_is_aligned_and_one_based():
+    text = best_performance(HAND_MADE).to_text()
+    assert "Best validation accuracy: 0.5800 (epoch 4 of 4)" in text
+    assert "Lowest validation loss:" in text and "1.1000 (epoch 2 of 4)" in text
+    value_lines = [line for line in text.splitlines() if "(epoch" in line]
+    assert len(value_lines) == 4
+    # Aligned columns: every value starts at the same column.
+    starts = {re.search(r"\d+\.\d{4}", line).start() for line in value_lines}
+    assert len(starts) == 1
+
+
+def test_best_performance_ignores_nan_epochs():
+    history = dict(HAND_MADE, val_loss=[1.6, float("nan"), 1.3, 1.25])
+    best = best_performance(history)
+    assert (best.lowest_val_loss, best.lowest_val_loss_epoch) == (1.25, 4)
+
+
+def test_best_performance_to_dict_is_plain_numbers():
+    d = best_performance(HAND_MADE).to_dict()
+    assert d["best_val_accuracy_epoch"] == 4 and d["epochs"] == 4
+    assert all(type(v) in (int, float) for v in d.values())
+
+
+@pytest.mark.parametrize("key", ["accuracy", "loss", "val_accuracy", "val_loss"])
+def test_best_performance_names_missing_key(key):
+    history = {k: v for k, v in HAND_MADE.items() if k != key}
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        best_performance(history)
+
+
+def test_best_performance_names_empty_key():
+    with pytest.raises(ValueError, match="'val_loss'"):
+        best_performance(dict(HAND_MADE, val_loss=[]))
+
+
+# --------------------------------------------------------------------- evaluate_predictions
+
+# 3 classes; "c" has no sample in y_true but is predicted once.
+#   true a: a a b    -> recall 2/3, precision 2/2, f1 0.8
+#   true b: b c      -> recall 1/2, precision 1/2, f1 0.5
+NAMES = ["a", "b", "c"]
+Y_TRUE = np.array([0, 0, 0, 1, 1])
+Y_PRED = np.array([0, 0, 1, 1, 2])
+
+
+def _probabilities(y_pred, k=3, seed=0):
+    """Rows that sum to 1 and have their maximum at y_pred."""
+    rng = np.random.default_rng(seed)
+    p = rng.random((len(y_pred), k)) * 0.3
+    p[np.arange(len(y_pred)), y_pred] = 1.0
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture
+def evaluation():
+    return evaluate_predictions(Y_TRUE, _probabilities(Y_PRED), NAMES, "test")
+
+
+def test_evaluation_numbers_match_hand_computed(evaluation):
+    assert evaluation.split == "test"
+    assert evaluation.accuracy == pytest.approx(3 / 5)
+    # Macro-F1 over the classes present in y_true (a, b): (0.8 + 0.5) / 2.
+    # Over all three classes it would be 1.3 / 3 = 0.433.
+    assert evaluation.macro_f1 == pytest.approx(0.65)
+    assert evaluation.per_class["a"]["recall"] == pytest.approx(2 / 3)
+    assert evaluation.per_class["a"]["precision"] == pytest.approx(1.0)
+    assert evaluation.per_class["b"]["f1"] == pytest.approx(0.5)
+    assert [evaluation.per_class[n]["support"] for n in NAMES] == [3, 2, 0]
+
+
+def test_evaluation_confusion_counts(evaluation):
+    expected = np.array([[2, 1, 0], [0, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(evaluation.confusion, expected)
+
+
+def test_metrics_leave_out_zero_support_class(evaluation):
+    metrics = evaluation.metrics("test")
+    assert set(metrics) == {
+        "test_accuracy",
+        "test_macro_f1",
+        "test_precision_a",
+        "test_recall_a",
+        "test_f1_a",
+        "test_precision_b",
+        "test_recall_b",
+        "test_f1_b",
+    }
+    assert metrics["test_recall_a"] == pytest.approx(2 / 3)
+    assert metrics["test_macro_f1"] == pytest.approx(0.65)
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_report_text_keeps_zero_support_class(evaluation):
+    rows = [line.split() for line in evaluation.report_text.splitlines() if line.strip()]
+    lines = {row[0]: row for row in rows}
+    assert lines["c"][-1] == "0"  # support column
+    assert lines["a"][1:] == ["1.0000", "0.6667", "0.8000", "3"]  # names, digits=4
+    assert "0.6500" in evaluation.report_text  # says which macro-F1 is logged
+
+
+def test_evaluate_predictions_all_classes_present_uses_plain_macro_f1():
+    y_true = np.array([0, 1, 2, 2])
+    y_pred = np.array([0, 1, 2, 1])
+    ev = evaluate_predictions(y_true, _probabilities(y_pred), NAMES, "val")
+    # f1: a 1, b 2/3, c 2/3
+    assert ev.macro_f1 == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert len(ev.metrics("val")) == 2 + 3 * 3
+    assert "No samples" not in ev.report_text
+
+
+def test_evaluate_predictions_accepts_one_hot_targets(evaluation):
+    one_hot = np.eye(3)[Y_TRUE]
+    ev = evaluate_predictions(one_hot, _probabilities(Y_PRED), NAMES, "test")
+    assert ev.metrics("test") == evaluation.metrics("test")
+
+
+@pytest.mark.parametrize(
+    ("y_true", "probabilities", "names", "match"),
+    [
+        (Y_TRUE, _probabilities(Y_PRED), ["a", "b"], "shape"),
+        (Y_TRUE[:4], _probabilities(Y_PRED), NAMES, "labels"),
+        (np.array([0, 0, 0, 1, 3]), _probabilities(Y_PRED), NAMES, "outside"),
+        (np.array([], dtype=int), np.empty((0, 3)), NAMES, "empty"),
+    ],
+    ids=["names-vs-K", "length", "label-range", "empty"],
+)
+def test_evaluate_predictions_rejects_bad_input(y_true, probabilities, names, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate_predictions(y_true, probabilities, names, "test")
+
+
+# -------------------------------------------------------------------- plot_confusion_matrix
+
+
+def test_plot_confusion_matrix_writes_png_with_zero_row(tmp_path, evaluation):
+    assert evaluation.confusion[2].sum() == 0  # the row to draw grey
+    path = plot_confusion_matrix(evaluation.confusion, NAMES, tmp_path / "cm.png", title="test")
+    assert path == tmp_path / "cm.png"
+    _assert_png(path)
+
+
+def test_plot_confusion_matrix_emotions_and_all_zero(tmp_path):
+    rng = np.random.default_rng(1)
+    cm = rng.integers(0, 50, size=(8, 8))
+    cm[5] = 0
+    _assert_png(plot_confusion_matrix(cm, EMOTIONS, tmp_path / "cm8.png"))
+    # A split with no samples at all is every row zero: still a figure, no crash.
+    _assert_png(plot_confusion_matrix(np.zeros((8, 8), int), EMOTIONS, tmp_path / "zero.png"))
+
+
+def test_plot_confusion_matrix_checks_shape(tmp_path):
+    with pytest.raises(ValueError, match="square"):
+        plot_confusion_matrix(np.zeros((3, 2)), NAMES, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class names"):
+        plot_confusion_matrix(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png")
+
+
+# ---------------------------------------------------------------------------- module rules
+
+
+def test_reports_imports_neither_tensorflow_nor_mlflow():
+    code = (
+        "import sys, fer.reports; "
+        "heavy = ('tensorflow', 'keras', 'mlflow', 'matplotlib.pyplot'); "
+        "bad = [m for m in heavy if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
