@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from fer.data.splits import LabelMode
+from fer.distribute import STRATEGIES
 
 # The project's experiments/: beside the package in a checkout (and in `mlflow run`).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -76,6 +77,7 @@ class TrainConfig:
     seed: int = 42
     skip_bad: bool = False
     val_fraction: float = 0.1
+    distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.distribute)
     augmentation: Augmentation = Augmentation()
     reduce_lr: ReduceLR = ReduceLR()
     early_stopping: EarlyStopping = EarlyStopping()
@@ -183,6 +185,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}")
+    if config.distribute not in STRATEGIES:
+        raise ConfigError(f"distribute must be one of {', '.join(STRATEGIES)}; got {config.distribute!r}")
     if config.class_weight not in CLASS_WEIGHTS:
         raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {config.class_weight!r}")
     try:

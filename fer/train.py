@@ -13,6 +13,10 @@ Read top to bottom, `train` is the whole story of a run:
 7. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
 8. model: logged with a signature and an input example, ready for the registry.
+
+Training runs under the tf.distribute strategy of `config.distribute` (see
+`fer.distribute`). In a multi-worker cluster only the chief does all of the
+above; the other workers train in step with it and never touch MLflow.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import reports
+from fer import distribute, reports
 from fer.checkpoints import (
     EpochHistory,
+    ResumeError,
     backup_callback,
     check_resumable,
     checkpoint_dir,
@@ -97,12 +102,21 @@ class SkipAutologValidationEcho(keras.callbacks.Callback):
 
 def train(
     config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True, resume: str | None = None
-) -> str:
+) -> str | None:
     """Train `config` as one MLflow run and return its run id.
 
     resume: the id of a run that was killed or failed; it continues from its
     last finished epoch, with its own configuration, in the same MLflow run.
+    A non-chief worker of a multi-worker cluster logs nothing and returns None.
     """
+    if resume and distribute.worker_count() > 1:
+        raise ResumeError(
+            "A multi-worker run resumes on one machine: run the resume without TF_CONFIG "
+            "(its checkpoint is the chief's, in FER_CHECKPOINT_DIR)."
+        )
+    if not distribute.is_chief():
+        _train_worker(config, use_cache)
+        return None
     configure_tracking(experiment)
     client = MlflowClient()
     epochs_already_done = 0
@@ -110,32 +124,20 @@ def train(
         epochs_already_done = check_resumable(client, resume)
         config = config_of_run(client, resume)
         print(f"Resuming run {resume} after epoch {epochs_already_done}, with its original configuration.")
+    strategy = distribute.choose_strategy(config)  # before TensorFlow starts its runtime
 
     # 1. Data
-    splits = fer_data.load(
-        config.data,
-        label_mode=config.label_mode,
-        skip_bad=config.skip_bad,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        use_cache=use_cache,
-    )
+    splits = _load_data(config, use_cache)
     _print_data_summary(splits)
 
-    # 2. Pipeline
+    # 2. Pipeline: batch_size is per replica, so a step takes batch_size x replicas
     keras.utils.set_random_seed(config.seed)
-    train_ds = make_dataset(
-        splits.train, config.batch_size, training=True, augmentation=config.augmentation, seed=config.seed
-    )
-    val_ds = make_dataset(splits.val, config.batch_size, training=False)
+    batch_size = distribute.global_batch_size(config.batch_size, strategy)
+    train_ds, val_ds = _datasets(splits, config, batch_size)
 
-    # 3. Model
-    model = build_model(config.model)
-    model.compile(
-        optimizer=_optimizer(config),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    # 3. Model, its variables mirrored on every replica
+    with strategy.scope():
+        model = _compiled_model(config)
 
     # 4. Training, tracked. The model and data sets are logged by hand below:
     # autologging's model has no input example, and its dataset logging would
@@ -148,6 +150,7 @@ def train(
             _note_resume(client, run_id)
         else:
             _log_run_header(config, splits, model, run_name)
+            mlflow.log_params(distribute.params(strategy, config.batch_size))
 
         directory = checkpoint_dir(run_id)
         steering = _callbacks(config)
@@ -164,7 +167,7 @@ def train(
                 validation_data=val_ds,
                 epochs=config.epochs,
                 # Ignored by Keras for a tf.data input (already batched), but lets
-                # autologging record the real batch size rather than None.
+                # autologging record the batch size (per replica) rather than None.
                 batch_size=config.batch_size,
                 shuffle=False,  # the pipeline shuffles
                 callbacks=callbacks,
@@ -183,8 +186,9 @@ def train(
         # 5. Reports on the whole history, every sitting of a resumed run included
         best = _log_history(recorder.history, config)
 
-        # 6. Evaluation
-        evaluation = _evaluate(model, splits, config.batch_size)
+        # 6. Evaluation (across workers, of a copy: the other workers are done)
+        model = distribute.for_chief_alone(model)
+        evaluation = _evaluate(model, splits, batch_size)
 
         # 7. The analysis people used to write by hand, from the run's own numbers
         diagnostics = diagnose_run(run_id, client)
@@ -200,6 +204,63 @@ def train(
         f"\nRun {run_id} in {mlflow.get_tracking_uri()}"
     )
     return run_id
+
+
+def _train_worker(config: TrainConfig, use_cache: bool) -> None:
+    """A non-chief worker: the chief's data, model and fit, in lock-step with it, and no MLflow at all.
+
+    Its checkpoints go to a temporary folder of its own (the chief's are the
+    run's): every worker writes them, as TensorFlow's multi-worker guide asks,
+    but only the chief's are kept.
+    """
+    strategy = distribute.choose_strategy(config)
+    splits = _load_data(config, use_cache)
+    keras.utils.set_random_seed(config.seed)
+    batch_size = distribute.global_batch_size(config.batch_size, strategy)
+    train_ds, val_ds = _datasets(splits, config, batch_size)
+    with strategy.scope():
+        model = _compiled_model(config)
+    with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            shuffle=False,
+            callbacks=[*_callbacks(config), backup_callback(Path(tmp))],
+            class_weight=_class_weights(config, splits.train),
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    print(f"Worker {distribute.task_name()} done; the chief logged the run.")
+
+
+def _load_data(config: TrainConfig, use_cache: bool) -> Splits:
+    return fer_data.load(
+        config.data,
+        label_mode=config.label_mode,
+        skip_bad=config.skip_bad,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        use_cache=use_cache,
+    )
+
+
+def _datasets(splits: Splits, config: TrainConfig, batch_size: int):
+    """Training batches (shuffled, augmented) and validation batches (neither)."""
+    train_ds = make_dataset(
+        splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed
+    )
+    return train_ds, make_dataset(splits.val, batch_size, training=False)
+
+
+def _compiled_model(config: TrainConfig) -> keras.Model:
+    """The phase's network, compiled; build it inside the strategy's scope."""
+    model = build_model(config.model)
+    model.compile(
+        optimizer=_optimizer(config),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model
 
 
 def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run_name: str) -> None:
