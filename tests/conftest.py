@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -33,6 +35,24 @@ def isolated_mlflow_state():
         os.environ.pop(name, None)
         if value is not None:
             os.environ[name] = value
+
+
+def wait_until_healthy(
+    uri: str, process: subprocess.Popen, timeout: float, what: str = "mlflow server", log: Path | None = None
+) -> None:
+    """Poll `uri`/health until the server answers 200; fail if it exits or the time runs out (with its log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            pytest.fail(f"{what} at {uri} did not start within {timeout:.0f}s\n{tail}")
+        time.sleep(0.5)
 
 
 def project_env(tracking_uri: str, tmp_path: Path) -> dict:

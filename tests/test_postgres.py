@@ -13,14 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, run_or_fail
+from conftest import EXPERIMENT, run_or_fail, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -114,17 +112,8 @@ def server(postgres, tmp_path_factory):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180  # the first start creates MLflow's tables in PostgreSQL
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mlflow server did not start:\n" + _read(folder / "server.log")[-3000:])
-            time.sleep(0.5)
+        # The first start creates MLflow's tables in PostgreSQL: allow it time.
+        wait_until_healthy(uri, process, timeout=180, log=folder / "server.log")
         yield uri, folder
     finally:
         process.terminate()

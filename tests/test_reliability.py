@@ -1,7 +1,6 @@
 """Nothing is lost: killed runs resume, interrupted runs keep their state, concurrent runs all finish."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -5,13 +5,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, project_env, run_or_fail
+from conftest import EXPERIMENT, project_env, run_or_fail, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,16 +37,7 @@ def server(tmp_path_factory):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+        wait_until_healthy(uri, process, timeout=90)
         yield uri, folder
     finally:
         process.terminate()
@@ -113,14 +103,7 @@ def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "auth server did not start"
-                time.sleep(0.5)
+        wait_until_healthy(uri, process, timeout=90, what="basic-auth server")
 
         def compare_as(user, secret):
             env = {**project_env(uri, tmp_path), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": secret}
