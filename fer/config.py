@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from fer.acceleration import DTYPE_POLICIES, JIT_CHOICES
 from fer.data.splits import LabelMode
 from fer.distribute import STRATEGIES
 
@@ -78,6 +79,9 @@ class TrainConfig:
     skip_bad: bool = False
     val_fraction: float = 0.1
     distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.distribute)
+    max_minutes: float = 0.0  # stop after the last epoch that fits in this many minutes; 0: no limit
+    jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
+    dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
     augmentation: Augmentation = Augmentation()
     reduce_lr: ReduceLR = ReduceLR()
     early_stopping: EarlyStopping = EarlyStopping()
@@ -155,6 +159,8 @@ def _build(cls, values: dict, origin: str):
 
 def _coerce(value, kind: type, name: str):
     """Parameters arrive as strings from `mlflow run -P`; turn them into the field's type."""
+    if kind is str and isinstance(value, bool):
+        return str(value).lower()  # YAML's `jit_compile: true` means the setting "true"
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     try:
@@ -187,6 +193,17 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}")
     if config.distribute not in STRATEGIES:
         raise ConfigError(f"distribute must be one of {', '.join(STRATEGIES)}; got {config.distribute!r}")
+    if config.max_minutes < 0:
+        raise ConfigError(f"max_minutes must be 0 (no limit) or a positive number of minutes; got {config.max_minutes}")
+    if config.max_minutes and config.distribute == "multi_worker":
+        raise ConfigError(
+            "max_minutes cannot be used with distribute: multi_worker (each worker's clock would stop it "
+            "after a different epoch, and the others would wait for it forever); set epochs instead"
+        )
+    if config.jit_compile.lower() not in JIT_CHOICES:
+        raise ConfigError(f"jit_compile must be one of {', '.join(JIT_CHOICES)}; got {config.jit_compile!r}")
+    if config.dtype_policy not in DTYPE_POLICIES:
+        raise ConfigError(f"dtype_policy must be one of {', '.join(DTYPE_POLICIES)}; got {config.dtype_policy!r}")
     if config.class_weight not in CLASS_WEIGHTS:
         raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {config.class_weight!r}")
     try:

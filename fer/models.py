@@ -24,6 +24,12 @@ def _batch_norm() -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=0.9)
 
 
+def _softmax_output(num_classes: int) -> layers.Dense:
+    # float32 whatever the dtype policy: under mixed precision a float16 softmax
+    # rounds small probabilities to 0 and the loss to inf (Keras's mixed-precision guide).
+    return layers.Dense(num_classes, activation="softmax", name="emotion", dtype="float32")
+
+
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input(shape=INPUT_SHAPE, name="face")
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -49,7 +55,7 @@ def build_baseline(num_classes: int = NUM_CLASSES) -> keras.Model:
     x = _batch_norm()(x)
     x = layers.Activation("relu")(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    outputs = _softmax_output(num_classes)(x)
     return keras.Model(inputs, outputs, name="baseline")
 
 
@@ -72,7 +78,7 @@ def build_final(num_classes: int = NUM_CLASSES, l2: float = 1e-4) -> keras.Model
     x = layers.Dense(512, activation="relu", kernel_regularizer=keras.regularizers.l2(l2))(x)
     x = _batch_norm()(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    outputs = _softmax_output(num_classes)(x)
     return keras.Model(inputs, outputs, name="final")
 
 

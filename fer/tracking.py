@@ -22,6 +22,7 @@ TAG_MODEL = "fer.model"
 TAG_DATA_SOURCE = "fer.data_source"
 TAG_LABEL_MODE = "fer.label_mode"
 TAG_EVAL_SPLIT = "fer.eval_split"
+TAG_STOPPED_BY = "fer.stopped_by"  # time_limit | early_stopping | epochs
 
 
 def default_tracking_uri() -> str:

@@ -37,7 +37,8 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import distribute, reports
+from fer import acceleration, distribute, reports
+from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
     EpochHistory,
     ResumeError,
@@ -59,45 +60,12 @@ from fer.tracking import (
     TAG_LABEL_MODE,
     TAG_MODEL,
     TAG_PHASE,
+    TAG_STOPPED_BY,
     configure_tracking,
 )
 
 MODEL_ARTIFACT = "model"
 EVAL_PREFIX = "eval"
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Puts the rate the optimizer used in this epoch into the epoch's logs as `learning_rate`.
-
-    It must run before callbacks that change the rate (ReduceLROnPlateau) and
-    before the loggers (History, MLflow autologging), so the value recorded
-    for epoch e is the one epoch e trained with, and a step shows at the epoch
-    that first ran at the new rate.
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-class SkipAutologValidationEcho(keras.callbacks.Callback):
-    """Stops autologging from logging `validation_*` again at every validation pass.
-
-    Inside fit, Keras runs validation through the same callbacks, and
-    autologging's `on_test_end` logs `validation_loss` / `validation_accuracy`
-    with no step (all at step 0), duplicating `val_loss` / `val_accuracy`,
-    which are logged once per epoch. Autologging appends its callback to the
-    list given to fit, so this callback finds it there when training begins.
-    """
-
-    def __init__(self, callbacks: list):
-        super().__init__()
-        self._callbacks = callbacks
-
-    def on_train_begin(self, logs=None):
-        for callback in self._callbacks:
-            if isinstance(callback, mlflow.keras.MlflowCallback):
-                callback.on_test_end = lambda logs=None: None
 
 
 def train(
@@ -160,6 +128,7 @@ def train(
         # Order matters (see fer.checkpoints): history file, checkpoint, then MLflow's logger.
         callbacks = [*steering, recorder, backup_callback(directory)]
         callbacks.append(SkipAutologValidationEcho(callbacks))
+        callbacks.insert(1, PeakMemory())  # beside the learning rate: before the loggers
         started = time.monotonic()
         try:
             model.fit(
@@ -178,6 +147,7 @@ def train(
             _log_interrupted(err, recorder.history, config, directory, run_id)
             raise
         mlflow.log_metric("train_seconds", time.monotonic() - started)
+        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(steering, config))
         # Autologging logs asynchronously; a write it lost (a busy shared store,
         # say) is logged again here from the epoch history, so no value is missing.
         mlflow.flush_async_logging()
@@ -253,12 +223,17 @@ def _datasets(splits: Splits, config: TrainConfig, batch_size: int):
 
 
 def _compiled_model(config: TrainConfig) -> keras.Model:
-    """The phase's network, compiled; build it inside the strategy's scope."""
-    model = build_model(config.model)
+    """The phase's network, compiled, with XLA and mixed precision as configured (`fer.acceleration`).
+
+    Build it inside the strategy's scope.
+    """
+    with acceleration.dtype_policy(acceleration.resolve_dtype_policy(config.dtype_policy)):
+        model = build_model(config.model)
     model.compile(
         optimizer=_optimizer(config),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=acceleration.jit_compile_argument(config.jit_compile),
     )
     return model
 
@@ -280,6 +255,7 @@ def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run
     mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
     mlflow.log_param("model.dropout_rates", _dropout_rates(model))
     mlflow.log_param("model.parameters", model.count_params())
+    mlflow.log_params(acceleration.params(model))
     _log_data(splits)
 
 
@@ -344,6 +320,8 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
             verbose=1,
         ),
     ]
+    if config.max_minutes:
+        callbacks.append(TimeLimit(config.max_minutes))
     stop = config.early_stopping
     if stop.enabled:
         callbacks.append(
@@ -356,6 +334,16 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
             )
         )
     return callbacks
+
+
+def _stopped_by(steering: list[keras.callbacks.Callback], config: TrainConfig) -> str:
+    """Why fit ended: "time_limit", "early_stopping", or "epochs" (it ran them all)."""
+    for callback in steering:
+        if isinstance(callback, TimeLimit) and callback.stopped_epoch is not None:
+            return "time_limit"
+        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
+            return "early_stopping"
+    return "epochs"
 
 
 def _dropout_rates(model: keras.Model) -> str:

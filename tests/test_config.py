@@ -47,3 +47,26 @@ def test_bad_values_are_rejected_naming_the_setting(overrides, message):
 def test_missing_experiment_file_names_the_path(tmp_path):
     with pytest.raises(ConfigError, match="No experiment configuration"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_minutes": "-5"}, "max_minutes must be 0 .no limit. or a positive number of minutes; got -5"),
+        ({"max_minutes": "60", "distribute": "multi_worker"}, "max_minutes cannot be used with distribute: multi_worker"),
+        ({"jit_compile": "sometimes"}, "jit_compile must be one of auto, true, false; got 'sometimes'"),
+        ({"dtype_policy": "float16"}, "dtype_policy must be one of auto, float32, mixed_float16, mixed_bfloat16"),
+    ],
+)
+def test_bad_speed_settings_are_rejected_naming_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("phase2", overrides)
+
+
+def test_speed_settings_default_to_auto_and_yaml_booleans_are_understood(tmp_path):
+    config = load_config("phase2")
+    assert (config.max_minutes, config.jit_compile, config.dtype_policy) == (0.0, "auto", "auto")
+    custom = tmp_path / "gpu.yaml"
+    custom.write_text("model: final\njit_compile: true\ndtype_policy: mixed_float16\nmax_minutes: 60\n")
+    config = load_config(str(custom))
+    assert (config.jit_compile, config.dtype_policy, config.max_minutes) == ("true", "mixed_float16", 60.0)

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import TRAINED_EPOCHS, mlflow_run
 
 EPOCHS = TRAINED_EPOCHS
-PER_EPOCH_METRICS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+PER_EPOCH_METRICS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "peak_rss_mb")
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,9 @@ def test_run_finishes_with_config_params_and_tags(store, phase, model):
     assert tags["fer.model"] == model and tags["fer.data_source"] == "synthetic"
     assert tags["fer.label_mode"] == "majority"
     assert tags["mlflow.runName"].startswith(f"{phase}-{model}")
+    # On a machine without a GPU, auto means neither XLA nor mixed precision (fer.acceleration).
+    assert params["acceleration.jit_compile"] == "False" and params["acceleration.dtype_policy"] == "float32"
+    assert tags["fer.stopped_by"] == "epochs"
 
 
 @pytest.mark.parametrize("phase", ["phase1", "phase2"])
@@ -126,6 +129,28 @@ def test_learning_rate_step_is_recorded_at_the_epoch_that_first_ran_at_the_new_r
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     rates = [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
     np.testing.assert_allclose(rates, [1e-3, 1e-3, 2e-4, 2e-4, 4e-5], rtol=1e-5)
+    mlflow.set_tracking_uri(None)
+
+
+def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(tmp_path, monkeypatch):
+    """A 3-second budget stops a 50-epoch run after its first epoch (which XLA compilation makes long)."""
+    from fer.config import load_config
+    from fer.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    config = load_config(
+        "phase1",
+        {"data": "synthetic:64", "epochs": 50, "batch_size": 32, "max_minutes": 0.05,
+         "jit_compile": "true", "dtype_policy": "mixed_bfloat16"},
+    )
+    run_id = train(config, experiment="time-limit")
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fer.stopped_by"] == "time_limit"
+    assert 1 <= run.data.metrics["epochs_trained"] < 50
+    assert run.data.params["acceleration.jit_compile"] == "True"
+    assert run.data.params["acceleration.dtype_policy"] == "mixed_bfloat16"
+    assert 0 <= run.data.metrics["eval_accuracy"] <= 1  # evaluated and logged like any run
     mlflow.set_tracking_uri(None)
 
 

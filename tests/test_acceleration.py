@@ -1,0 +1,46 @@
+"""XLA and mixed precision as configuration: what `auto` means here, and mixed models that stay correct."""
+
+import keras
+import numpy as np
+import pytest
+
+from fer import acceleration
+from fer.models import build_model
+
+
+def test_jit_compile_setting_maps_to_keras_compile_argument():
+    assert acceleration.jit_compile_argument("auto") == "auto"
+    assert acceleration.jit_compile_argument("true") is True
+    assert acceleration.jit_compile_argument("FALSE") is False
+
+
+def test_auto_resolves_to_float32_and_no_xla_on_a_machine_without_gpus():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: auto turns both on")
+    assert acceleration.resolve_dtype_policy("auto") == "float32"
+    assert acceleration.resolve_dtype_policy("mixed_bfloat16") == "mixed_bfloat16"
+    model = build_model("baseline")
+    model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile="auto")
+    assert acceleration.params(model) == {"acceleration.jit_compile": False, "acceleration.dtype_policy": "float32"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_model_computes_in_half_precision_but_outputs_float32_probabilities(policy):
+    with acceleration.dtype_policy(policy):
+        model = build_model("final")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    assert model.count_params() == 5_873_096  # the same network, only its arithmetic changes
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == policy.removeprefix("mixed_") and conv.variable_dtype == "float32"
+    assert model.get_layer("emotion").compute_dtype == "float32"
+    probabilities = model.predict(np.full((2, 48, 48, 1), 128, np.float32), verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_dtype_policy_is_restored_when_building_fails():
+    with pytest.raises(RuntimeError), acceleration.dtype_policy("mixed_bfloat16"):
+        raise RuntimeError("build failed")
+    assert keras.config.dtype_policy().name == "float32"
