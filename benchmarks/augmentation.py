@@ -1,4 +1,4 @@
-"""Augmentation throughput: images per second of three ways to apply the same random transforms.
+"""Augmentation throughput: images per second of four ways to apply the same random transforms.
 
     python benchmarks/augmentation.py [--images N] [--batch 64] [--seconds 1.5] [--rounds 5]
 
@@ -8,7 +8,12 @@
 (b) the project's previous pipeline: `fer.pipeline.make_dataset` as it was, a chain of
     Keras RandomFlip, RandomRotation, RandomTranslation, RandomShear and RandomZoom
     layers mapped over tf.data batches (copied below, so the comparison stays possible).
-(c) the current `fer.pipeline.make_dataset`: one `fer.augment.RandomAffine` warp per batch.
+(c) `fer.pipeline.make_dataset`: one `fer.augment.RandomAffine` warp per batch, iterated
+    afresh every pass, as model.fit iterated the training set before it was given
+    `repeat=True` and `steps_per_epoch` (each new iterator re-instantiates and re-optimizes
+    the map function, some tens of milliseconds);
+(d) the same pipeline as `fer.train` feeds model.fit now: `make_dataset(..., repeat=True)`,
+    one iterator for the whole run, a pass being `batches_per_epoch` batches.
 
 The transforms are those of `fer.config.Augmentation()` (the defaults every phase uses):
 rotation +/-15 degrees, shifts +/-10 % of width and height, shear, zoom +/-10 %,
@@ -18,12 +23,11 @@ so the generator gets shear_range = degrees(arctan(shear)) (0.1 -> 5.71 degrees)
 Its zoom draws separate x and y factors in [1 - zoom, 1 + zoom]; RandomAffine and
 RandomZoom draw one: the same amount of work either way.
 
-All three produce float32 batches of 48x48x1 pixels in 0-255 from the same synthetic
+All of them produce float32 batches of 48x48x1 pixels in 0-255 from the same synthetic
 faces (`fer.data.synthetic.make_faces`), shuffled each pass, and are consumed the same
 way, by a Python loop over batches (the only way to use .flow()). A pass is one epoch:
-the tf.data pipelines pay their per-iterator cost (function instantiation and graph
-optimization, some tens of milliseconds) every pass, as model.fit does every epoch.
-Each method is warmed up for one pass (excluded: tracing, XLA compilation), then
+(b) and (c) pay their per-iterator cost (function instantiation and graph optimization,
+some tens of milliseconds) every pass, (d) once. Each method is warmed up for one pass (excluded: tracing, XLA compilation), then
 timed over whole passes for at least --seconds; the rounds are interleaved (a, b, c,
 a, b, c, ...) so that load from other processes on the machine hits all of them, and
 the table gives the median round. Besides images per second (wall clock) it gives
@@ -56,7 +60,7 @@ from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E40
 from fer.config import Augmentation  # noqa: E402
 from fer.data.splits import Split  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
-from fer.pipeline import make_dataset  # noqa: E402
+from fer.pipeline import batches_per_epoch, make_dataset  # noqa: E402
 
 
 # -- (a) the reference -----------------------------------------------------------------------
@@ -142,6 +146,18 @@ def python_loop(make_pass):
     return one_pass
 
 
+def one_iterator(endless: tf.data.Dataset, steps: int):
+    """Passes of `steps` batches drawn from one iterator over an endless dataset, as model.fit
+    draws them when given steps_per_epoch: the iterator, and tf.data's per-iterator set-up, outlive the pass."""
+    iterator = iter(endless)
+
+    def one_pass():
+        for _ in range(steps):
+            yield next(iterator)
+
+    return one_pass
+
+
 def timed(one_pass, seconds: float) -> tuple[float, float]:
     """(images per second, images per CPU-second of this process) over whole passes lasting >= `seconds`."""
     images, started, cpu = 0, time.perf_counter(), time.process_time()
@@ -177,11 +193,15 @@ def main(argv=None) -> None:
     faces, labels = make_faces(args.images, seed=0)
     split = Split.from_labels(faces, labels)
     previous = previous_make_dataset(split, args.batch, aug)
-    current = make_dataset(split, args.batch, training=True, augmentation=aug, seed=0)
+    per_pass = make_dataset(split, args.batch, training=True, augmentation=aug, seed=0)
     methods = {
         "(a) ImageDataGenerator.flow (legacy, reference)": python_loop(legacy_batches(split, args.batch, aug)),
         "(b) tf.data + chain of 5 Keras Random* layers (previous)": python_loop(lambda: previous),
-        "(c) tf.data + RandomAffine, one warp (fer.pipeline now)": python_loop(lambda: current),
+        "(c) tf.data + RandomAffine, new iterator each pass": python_loop(lambda: per_pass),
+        "(d) tf.data + RandomAffine, one iterator (fer.pipeline + fit now)": python_loop(
+            one_iterator(make_dataset(split, args.batch, training=True, augmentation=aug, seed=0, repeat=True),
+                         batches_per_epoch(len(split), args.batch))
+        ),
     }
     print(f"machine: {machine()}")
     print(f"images per pass: {args.images}, batch: {args.batch}, augmentation: {aug}")

@@ -30,11 +30,19 @@ def make_dataset(
     training: bool,
     augmentation: Augmentation | None = None,
     seed: int = 0,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """(images, targets) batches: images float32 Bx48x48x1 in 0-255, targets Bx8.
 
     training=True shuffles every epoch and applies `augmentation`;
     validation / test batches are neither shuffled nor augmented.
+
+    repeat=True (training only) makes one endless dataset, epoch after epoch,
+    each a new permutation: give `model.fit` `steps_per_epoch=batches_per_epoch(...)`.
+    Keras then keeps one iterator for the whole run, so tf.data instantiates and
+    optimizes the augmentation function once, instead of at the start of every
+    epoch (40-60 ms each time on 2 CPU cores; BENCHMARKS.md). Without it, each
+    iteration over the dataset is one epoch.
 
     Training batches come from one random permutation of the whole split per
     epoch (seeded by `seed`: new every epoch, the same every run), cut into
@@ -50,7 +58,7 @@ def make_dataset(
         return dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     n = len(split)
-    num_batches = -(-n // batch_size)
+    num_batches = batches_per_epoch(n, batch_size)
 
     def epoch_order(epoch_seed):
         """The epoch's permutation as num_batches rows of indices (-1 pads the last), and each batch's seed."""
@@ -62,8 +70,10 @@ def make_dataset(
         batch_seeds = tf.stack([tf.fill([num_batches], epoch_seed), tf.range(num_batches, dtype=tf.int64)], axis=1)
         return tf.reshape(padded, [num_batches, batch_size]), batch_seeds
 
-    # One random int64 per epoch (from `seed`): a new permutation each time the dataset is iterated.
-    batches = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).map(epoch_order).unbatch()
+    # One random int64 per epoch (from `seed`): endless when repeating; else one epoch, and a new
+    # permutation each time the dataset is iterated.
+    epoch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    batches = (epoch_seeds if repeat else epoch_seeds.take(1)).map(epoch_order).unbatch()
     data = tf.data.Dataset.from_tensors((images, split.targets)).repeat()
     augmenter = build_augmenter(augmentation, seed) if augmentation is not None else None
 
@@ -75,6 +85,11 @@ def make_dataset(
 
     dataset = tf.data.Dataset.zip(batches, data).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_epoch(size: int, batch_size: int) -> int:
+    """How many batches one epoch over `size` images has (the last may be smaller)."""
+    return -(-size // batch_size)
 
 
 def _to_float(images, targets):

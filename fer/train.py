@@ -52,7 +52,7 @@ from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
 from fer.models import build_model
-from fer.pipeline import make_dataset
+from fer.pipeline import batches_per_epoch, make_dataset
 from fer.serving import log_emotion_model
 from fer.tracking import (
     TAG_DATA_SOURCE,
@@ -101,7 +101,7 @@ def train(
     # 2. Pipeline: batch_size is per replica, so a step takes batch_size x replicas
     keras.utils.set_random_seed(config.seed)
     batch_size = distribute.global_batch_size(config.batch_size, strategy)
-    train_ds, val_ds = _datasets(splits, config, batch_size)
+    train_ds, val_ds, steps_per_epoch = _datasets(splits, config, batch_size)
 
     # 3. Model, its variables mirrored on every replica
     with strategy.scope():
@@ -135,6 +135,7 @@ def train(
                 train_ds,
                 validation_data=val_ds,
                 epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch,
                 # Ignored by Keras for a tf.data input (already batched), but lets
                 # autologging record the batch size (per replica) rather than None.
                 batch_size=config.batch_size,
@@ -187,7 +188,7 @@ def _train_worker(config: TrainConfig, use_cache: bool) -> None:
     splits = _load_data(config, use_cache)
     keras.utils.set_random_seed(config.seed)
     batch_size = distribute.global_batch_size(config.batch_size, strategy)
-    train_ds, val_ds = _datasets(splits, config, batch_size)
+    train_ds, val_ds, steps_per_epoch = _datasets(splits, config, batch_size)
     with strategy.scope():
         model = _compiled_model(config)
     with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
@@ -195,6 +196,7 @@ def _train_worker(config: TrainConfig, use_cache: bool) -> None:
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
             shuffle=False,
             callbacks=[*_callbacks(config), backup_callback(Path(tmp))],
             class_weight=_class_weights(config, splits.train),
@@ -215,11 +217,18 @@ def _load_data(config: TrainConfig, use_cache: bool) -> Splits:
 
 
 def _datasets(splits: Splits, config: TrainConfig, batch_size: int):
-    """Training batches (shuffled, augmented) and validation batches (neither)."""
+    """Training batches (shuffled, augmented), validation batches (neither), and steps per epoch.
+
+    On one machine the training set is one endless dataset with `steps_per_epoch`, so
+    fit keeps its iterator across epochs (see `make_dataset`). Across workers it stays
+    one epoch per iteration, which tf.distribute shards between them.
+    """
+    repeat = distribute.worker_count() == 1
     train_ds = make_dataset(
-        splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed
+        splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed, repeat=repeat
     )
-    return train_ds, make_dataset(splits.val, batch_size, training=False)
+    steps = batches_per_epoch(len(splits.train), batch_size) if repeat else None
+    return train_ds, make_dataset(splits.val, batch_size, training=False), steps
 
 
 def _compiled_model(config: TrainConfig) -> keras.Model:

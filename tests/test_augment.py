@@ -306,3 +306,24 @@ def test_other_fill_modes_and_nearest_interpolation_use_tensorflows_kernel(faces
     nearest = RandomAffine(width_shift=0.2, interpolation="nearest")
     moved = nearest.transform(dot(20, 24), params(shift_x=3 / SIZE)).numpy()[0, ..., 0]
     assert moved[24, 23] == 255.0 and np.count_nonzero(moved) == 1
+
+
+def test_repeated_training_dataset_gives_a_new_permutation_every_epoch_from_one_iterator(faces):
+    from fer.pipeline import batches_per_epoch
+
+    split = _split(faces)
+    steps = batches_per_epoch(len(split), 24)  # 64 images: batches of 24, 24, 16
+    assert steps == 3
+
+    def three_epochs():
+        iterator = iter(make_dataset(split, 24, training=True, augmentation=Augmentation(), seed=2, repeat=True))
+        return [[next(iterator) for _ in range(steps)] for _ in range(3)]
+
+    epochs, again = three_epochs(), three_epochs()
+    for batches, same in zip(epochs, again):
+        assert [x.shape[0] for x, _ in batches] == [24, 24, 16]  # epochs do not run into each other
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), np.concatenate([x for x, _ in same]))
+        labels = np.concatenate([y for _, y in batches]).argmax(axis=1)
+        assert sorted(labels) == sorted(split.labels)  # every image once per epoch
+    firsts = [np.concatenate([y for _, y in batches]).argmax(axis=1) for batches in epochs]
+    assert not np.array_equal(firsts[0], firsts[1]) and not np.array_equal(firsts[1], firsts[2])

@@ -1,0 +1,227 @@
+"""Inference speed on CPU: the logged pyfunc model's batch throughput and single-face latency.
+
+    python benchmarks/inference.py [--model final] [--batches 1,32,256] [--seconds 0.5]
+                                   [--rounds 3] [--calls 200]
+
+The network (`--model`: final is phase 2, 5,873,096 parameters; baseline phase 1) is
+freshly built, not trained: trained weights are other numbers in the same tensors, so
+they run the same operations at the same speed. It is logged with
+`fer.serving.log_emotion_model` into a temporary SQLite store (`sqlite:///<tmp>/mlflow.db`,
+artifacts beside it, removed at the end) and loaded back with
+`mlflow.pyfunc.load_model("runs:/<run id>/model")`, exactly as a user loads a training
+run's model. Every method gets the same float32 N x 48 x 48 x 1 array of synthetic faces
+(`fer.data.synthetic.make_faces`, raw pixel values 0-255) and returns N x 8 probabilities:
+
+(a) bare `model.predict_on_batch(x)`: the reference. Of the two bare ways the issue
+    names it is the faster: it runs Keras's compiled predict function (a tf.function)
+    on the whole array in one step, while `model(x, training=False)` runs eagerly, op
+    by op (about 3x slower on one face, within noise on batches);
+(b) bare `model(x, training=False)`, eager (single-face table only);
+(c) bare `tf.function(model(x, training=False))` with an input signature of any N,
+    traced once (single-face table only): what a pyfunc could call instead;
+(d) `model.predict(x, verbose=0)`, what `fer.serving.EmotionModel.predict` calls: per
+    call Keras 3 builds a data adapter, a tf.data iterator and a callback list, then
+    runs the predict function over batches of 32 (single-face table only);
+(e) the loaded pyfunc's `predict(x)`: MLflow's input-schema check, then
+    `EmotionModel.predict`.
+
+Table 1, batch throughput: faces per second of (a) and (e) for each batch size in
+--batches, over whole calls lasting at least --seconds. Table 2, single-face latency:
+milliseconds per call on one face (1 x 48 x 48 x 1), median and 95th percentile over
+--calls calls of each method. Each method and batch size is warmed up first (tracing,
+thread pools; excluded: Keras's retracing warnings come from there, one trace per new
+shape), then the rounds interleave the methods (a, e, a, e, ... in
+table 1; a, b, c, d, e, a, ... in table 2), so that load from other processes hits all
+of them; table 1 gives the median round, table 2 pools the calls of every round. Ratios
+are against (a) in the same run: absolute rates depend on the machine and whatever else
+it is doing (a training job on the same cores shows as a load average near or above
+nproc, and slows everything in proportion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fer.data.synthetic import make_faces  # noqa: E402
+from fer.models import build_model  # noqa: E402
+from fer.serving import FACE_SHAPE, log_emotion_model  # noqa: E402
+
+
+# -- the logged model, loaded back -----------------------------------------------------------
+
+
+def log_and_load(network: keras.Model, example: np.ndarray, folder: Path):
+    """Log `network` as a training run does into a SQLite store under `folder`; load it back as a user would."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    # An explicit artifact location: the default would be ./mlruns in the working directory.
+    experiment = mlflow.create_experiment("inference-benchmark", artifact_location=(folder / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_emotion_model(network, example)
+    return mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+
+
+# -- the methods -----------------------------------------------------------------------------
+
+
+def methods_for(network: keras.Model, pyfunc) -> dict[str, callable]:
+    compiled = tf.function(
+        lambda x: network(x, training=False),
+        input_signature=[tf.TensorSpec((None, *FACE_SHAPE), tf.float32)],
+    )
+    return {
+        "(a) bare model.predict_on_batch (reference)": network.predict_on_batch,
+        "(b) bare model(x, training=False), eager": lambda x: np.asarray(network(x, training=False)),
+        "(c) bare tf.function(model), input signature": lambda x: compiled(x).numpy(),
+        "(d) model.predict(x, verbose=0), as EmotionModel": lambda x: network.predict(x, verbose=0),
+        "(e) pyfunc predict (mlflow.pyfunc.load_model)": lambda x: np.asarray(pyfunc.predict(x)),
+    }
+
+
+BATCH_METHODS = ("(a)", "(e)")  # table 1 compares the reference and the pyfunc only
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def throughput(predict, x: np.ndarray, seconds: float) -> float:
+    """Faces per second over whole calls lasting >= `seconds` (at least one call)."""
+    faces, started = 0, time.perf_counter()
+    while True:
+        predict(x)
+        faces += len(x)
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return faces / elapsed
+
+
+def latencies(predict, x: np.ndarray, calls: int) -> list[float]:
+    """Seconds of each of `calls` calls."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {len(os.sched_getaffinity(0))} "
+            f"({os.cpu_count()} cores), {model}; load average {load}; Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, MLflow {mlflow.__version__}")
+
+
+def load_note() -> str:
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if load >= 0.5 * cores:
+        return (f"note: load average {load:.2f} on {cores} cores: other processes (a training job?) share the "
+                "CPU; absolute rates are low, the ratios measured in the same run still hold")
+    return f"load average {load:.2f} on {cores} cores"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("final", "baseline"), default="final",
+                        help="final (phase 2, default) or baseline (phase 1)")
+    parser.add_argument("--batches", default="1,32,256",
+                        help="batch sizes for table 1, comma-separated (default 1,32,256; 1024 takes seconds per call)")
+    parser.add_argument("--seconds", type=float, default=0.5, help="minimum timed seconds per method, batch and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; table 1 reports the median")
+    parser.add_argument("--calls", type=int, default=200, help="single-face calls per method in table 2, all rounds (rounded up to a multiple of --rounds)")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if min(batches) < 1 or args.rounds < 1 or args.calls < args.rounds:
+        parser.error("batch sizes must be >= 1, --rounds >= 1 and --calls >= --rounds")
+
+    print(f"machine: {machine()}")
+    keras.utils.set_random_seed(0)
+    network = build_model(args.model)
+    faces, _ = make_faces(max(batches), seed=0)
+    x = faces[..., np.newaxis].astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        pyfunc = log_and_load(network, x[:1], Path(tmp))
+        print(f"model: {args.model}, {network.count_params():,} parameters, untrained; "
+              f"logged and loaded back in {time.perf_counter() - started:.1f} s")
+        methods = methods_for(network, pyfunc)
+        reference = network.predict_on_batch(x[: batches[0]])
+        for name, predict in methods.items():  # the same probabilities every way
+            np.testing.assert_allclose(predict(x[: batches[0]]), reference, atol=1e-5, err_msg=name)
+        print(f"batches: {batches}, at least {args.seconds} s per method, batch and round; "
+              f"{args.rounds} rounds; {args.calls} single-face calls per method")
+
+        # -- table 1: batch throughput -------------------------------------------------------
+        batch_methods = {n: m for n, m in methods.items() if n.startswith(BATCH_METHODS)}
+        for n in batches:  # warm-up: traces for each shape, thread pools
+            for predict in batch_methods.values():
+                predict(x[:n]), predict(x[:n])
+        rates: dict[tuple[int, str], list[float]] = {(n, m): [] for n in batches for m in batch_methods}
+        for _ in range(args.rounds):
+            for n in batches:
+                for name, predict in batch_methods.items():
+                    rates[n, name].append(throughput(predict, x[:n], args.seconds))
+
+        # -- table 2: single-face latency ----------------------------------------------------
+        one = x[:1]
+        for predict in methods.values():  # warm-up
+            latencies(predict, one, 10)
+        per_round = math.ceil(args.calls / args.rounds)
+        times: dict[str, list[list[float]]] = {name: [] for name in methods}
+        for _ in range(args.rounds):
+            for name, predict in methods.items():
+                times[name].append(latencies(predict, one, per_round))
+
+    width = max(map(len, methods))
+    print()
+    print("Table 1: batch throughput (faces/s; median round)")
+    print()
+    print(f"| batch | {'method':<{width}} | faces/s | vs (a) | rounds, faces/s |")
+    print(f"| ---: | {'-' * width} | ---: | ---: | --- |")
+    for n in batches:
+        bare = statistics.median(rates[n, next(iter(batch_methods))])
+        for name in batch_methods:
+            rate = statistics.median(rates[n, name])
+            rounds = ", ".join(f"{r:,.1f}" for r in rates[n, name])
+            print(f"| {n} | {name:<{width}} | {rate:,.1f} | {rate / bare:.2f}x | {rounds} |")
+
+    print()
+    print(f"Table 2: single-face latency (ms per call, 1 x 48 x 48 x 1; {per_round * args.rounds} calls each)")
+    print()
+    print(f"| {'method':<{width}} | median ms | p95 ms | vs (a), median | rounds, median ms |")
+    print(f"| {'-' * width} | ---: | ---: | ---: | --- |")
+    bare = statistics.median(t for r in times[next(iter(methods))] for t in r)
+    for name, rounds_times in times.items():
+        pooled = [t for r in rounds_times for t in r]
+        median, p95 = statistics.median(pooled), float(np.percentile(pooled, 95))
+        rounds = ", ".join(f"{statistics.median(r) * 1e3:.1f}" for r in rounds_times)
+        print(f"| {name:<{width}} | {median * 1e3:.1f} | {p95 * 1e3:.1f} | {median / bare:.1f}x | {rounds} |")
+    print()
+    print(load_note())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Training throughput and peak memory: the project's full path against a bare `model.fit`.
+
+    python benchmarks/training.py [--model final] [--data synthetic:1280] [--epochs 3]
+                                  [--batch 64] [--rounds 2] [--modes bare,pipeline,full]
+
+Every mode trains the same network (`--model`: final is phase 2, baseline phase 1),
+compiled the same way (`fer.train._compiled_model`: Adam, categorical cross-entropy,
+accuracy), on the same faces (`--data`, loaded once per process with `fer.data.load`),
+for the same epochs and batch size, validating on the same validation split after
+every epoch:
+
+- bare (the reference): `model.fit` on in-memory float32 tensors, `shuffle=True`,
+  no callbacks, no augmentation, no tracking;
+- pipeline: `model.fit` on the project's tf.data pipeline (`fer.pipeline.make_dataset`:
+  per-epoch permutation, one-warp augmentation), still without callbacks or tracking;
+- full: `fer.train.train`, the whole project path: pipeline, Keras autologging into a
+  SQLite store, the learning-rate, peak-memory, history and checkpoint callbacks,
+  ReduceLROnPlateau (early stopping switched off, so every mode runs every epoch);
+- bare-xla, bare-bf16: the reference with `jit_compile=True`, or under the Keras dtype
+  policy `mixed_bfloat16`: what `fer.acceleration`'s `auto` turns off on a CPU.
+
+Each mode runs in a fresh Python process (so that its peak resident memory is its own
+and no TensorFlow state carries over), one after the other, and the rounds interleave
+the modes (bare, pipeline, full, bare, ...) so that load from other processes hits
+all of them. An epoch's time is the interval between the ends of consecutive epochs,
+as seen by a callback placed first in the list: it holds the epoch's training steps,
+its validation pass and every other callback's end-of-epoch work of the epoch before
+(metric logging, checkpoint writing). The first epoch (graph tracing, XLA compilation)
+is left out; the table gives each mode's median steady epoch over all rounds, images
+per second of training data, and the ratio to bare measured in the same run. Peak
+memory is the process's peak resident set size (getrusage), loading included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("bare", "pipeline", "full", "bare-xla", "bare-bf16")
+
+
+# -- one mode, in its own process ------------------------------------------------------------
+
+
+def run_mode(mode: str, args) -> dict:
+    """Train once in `mode`; return steady epoch seconds, train size and peak memory."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(ROOT))
+    import keras
+
+    from fer import acceleration
+    from fer import data as fer_data
+    from fer.callbacks import peak_rss_mb
+    from fer.config import load_config
+
+    config = load_config(
+        "phase2" if args.model == "final" else "phase1",
+        {
+            "model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch,
+            "early_stopping.enabled": False,
+            "jit_compile": "true" if mode == "bare-xla" else "false",
+            "dtype_policy": "mixed_bfloat16" if mode == "bare-bf16" else "float32",
+        },
+    )
+    timer = epoch_timer()
+    if mode == "full":
+        train_size = _train_full(config, timer)
+    else:
+        import fer.train
+
+        splits = fer_data.load(config.data, seed=config.seed, progress=False)
+        train_size = len(splits.train)
+        keras.utils.set_random_seed(config.seed)
+        model = fer.train._compiled_model(config)
+        if mode == "pipeline":
+            train_ds, val_ds, steps = fer.train._datasets(splits, config, config.batch_size)
+            model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
+                      callbacks=[timer], verbose=0)
+        else:
+            x, y = _tensors(splits.train)
+            model.fit(x, y, validation_data=_tensors(splits.val), batch_size=config.batch_size,
+                      epochs=config.epochs, shuffle=True, callbacks=[timer], verbose=0)
+        assert acceleration.params(model)["acceleration.jit_compile"] == (mode == "bare-xla")
+    return {"mode": mode, "epochs": timer.steady_epochs(), "train_size": train_size, "peak_rss_mb": peak_rss_mb()}
+
+
+def _train_full(config, timer) -> int:
+    """fer.train.train into a throwaway SQLite store, with `timer` first among its callbacks."""
+    import fer.train
+
+    original = fer.train._callbacks
+    fer.train._callbacks = lambda config: [timer, *original(config)]  # first: see the module docstring
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        os.environ["FER_CHECKPOINT_DIR"] = f"{tmp}/checkpoints"
+        with open(os.devnull, "w") as quiet:  # the run's own report: not this benchmark's output
+            stdout, sys.stdout = sys.stdout, quiet
+            try:
+                run_id = fer.train.train(config, experiment="benchmark")
+            finally:
+                sys.stdout = stdout
+        import mlflow
+
+        return int(mlflow.MlflowClient().get_run(run_id).data.params["data.train_size"])
+
+
+def _tensors(split):
+    import numpy as np
+
+    return split.images[..., np.newaxis].astype(np.float32), split.targets.astype(np.float32)
+
+
+def epoch_timer():
+    """A Keras callback recording the times between consecutive epoch ends (put it first in the list)."""
+    import keras
+
+    class EpochEnds(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.ends = [time.perf_counter()]
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.perf_counter())
+
+        def steady_epochs(self):
+            return [b - a for a, b in zip(self.ends[1:], self.ends[2:])]  # epoch 1 left out
+
+    return EpochEnds()
+
+
+# -- the comparison --------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_mode(args.child, args)))
+        return
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or "bare" not in modes:
+        sys.exit(f"--modes takes {', '.join(MODES)} and must include bare (the reference); got {args.modes}")
+    print(machine_line())
+    print(f"model {args.model}, data {args.data}, {args.epochs} epochs of batch {args.batch}, "
+          f"{args.rounds} rounds, modes {', '.join(modes)}\n")
+    results = {mode: [] for mode in modes}
+    for round_index in range(args.rounds):
+        for mode in modes:
+            started = time.monotonic()
+            result = run_child(mode, args)
+            results[mode].append(result)
+            epochs = ", ".join(f"{s:.1f}" for s in result["epochs"])
+            print(f"round {round_index + 1} {mode}: steady epochs {epochs} s, peak {result['peak_rss_mb']:,.0f} MiB "
+                  f"({time.monotonic() - started:.0f} s with start-up)", flush=True)
+    print()
+    print(table(results, modes))
+
+
+def run_child(mode: str, args) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--model", args.model, "--data", args.data,
+               "--epochs", str(args.epochs), "--batch", str(args.batch)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"mode {mode} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def table(results: dict, modes: list[str]) -> str:
+    def epoch_seconds(mode):
+        return statistics.median(s for result in results[mode] for s in result["epochs"])
+
+    def peak(mode):
+        return statistics.median(result["peak_rss_mb"] for result in results[mode])
+
+    train_size = results["bare"][0]["train_size"]
+    reference_time, reference_peak = epoch_seconds("bare"), peak("bare")
+    rows = [
+        "| mode | steady epoch, s | train images/s | time vs bare | peak memory, MiB | memory vs bare | epochs, s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for mode in modes:
+        seconds = epoch_seconds(mode)
+        all_epochs = ", ".join(f"{s:.1f}" for result in results[mode] for s in result["epochs"])
+        rows.append(
+            f"| {mode} | {seconds:.2f} | {train_size / seconds:,.1f} | {seconds / reference_time:.3f}x "
+            f"| {peak(mode):,.0f} | {peak(mode) / reference_peak:.2f}x | {all_epochs} |"
+        )
+    return "\n".join(rows)
+
+
+def machine_line() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import importlib.metadata as md
+
+    versions = ", ".join(f"{name} {md.version(name)}" for name in ("tensorflow", "keras", "mlflow"))
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {os.cpu_count()}, CPU {cpu!r}, "
+            f"load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, {versions}")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("final", "baseline"), default="final")
+    parser.add_argument("--data", default="synthetic:1280",
+                        help="what fer.data.load takes: synthetic:N, or a FER+ folder for the full split")
+    parser.add_argument("--epochs", type=int, default=3, help="per mode and round; the first is left out")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", default="bare,pipeline,full")
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is left out")
+    return args
+
+
+if __name__ == "__main__":
+    main()
