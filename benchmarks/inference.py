@@ -19,11 +19,13 @@ run's model. Every method gets the same float32 N x 48 x 48 x 1 array of synthet
 (b) bare `model(x, training=False)`, eager (single-face table only);
 (c) bare `tf.function(model(x, training=False))` with an input signature of any N,
     traced once (single-face table only): what a pyfunc could call instead;
-(d) `model.predict(x, verbose=0)`, what `fer.serving.EmotionModel.predict` calls: per
-    call Keras 3 builds a data adapter, a tf.data iterator and a callback list, then
-    runs the predict function over batches of 32 (single-face table only);
+(d) `model.predict(x, verbose=0)`, what `fer.serving.EmotionModel.predict` called before
+    it used `fer.serving.forward`: per call Keras 3 builds a data adapter, a tf.data
+    iterator and a callback list, then runs the predict function over batches of 32
+    (single-face table only);
 (e) the loaded pyfunc's `predict(x)`: MLflow's input-schema check, then
-    `EmotionModel.predict`.
+    `EmotionModel.predict`, which calls `fer.serving.forward` (`predict_on_batch` on
+    chunks of up to 256 faces).
 
 Table 1, batch throughput: faces per second of (a) and (e) for each batch size in
 --batches, over whole calls lasting at least --seconds. Table 2, single-face latency:
@@ -88,7 +90,7 @@ def methods_for(network: keras.Model, pyfunc) -> dict[str, callable]:
         "(a) bare model.predict_on_batch (reference)": network.predict_on_batch,
         "(b) bare model(x, training=False), eager": lambda x: np.asarray(network(x, training=False)),
         "(c) bare tf.function(model), input signature": lambda x: compiled(x).numpy(),
-        "(d) model.predict(x, verbose=0), as EmotionModel": lambda x: network.predict(x, verbose=0),
+        "(d) model.predict(x, verbose=0), EmotionModel before": lambda x: network.predict(x, verbose=0),
         "(e) pyfunc predict (mlflow.pyfunc.load_model)": lambda x: np.asarray(pyfunc.predict(x)),
     }
 

@@ -51,13 +51,39 @@ def model_signature() -> ModelSignature:
     )
 
 
+# Faces per forward pass: bounds memory (the first convolution's output for 256 faces is
+# ~150 MB in float32) while keeping the per-call cost amortized.
+FORWARD_CHUNK = 256
+
+
+def forward(network, faces: np.ndarray) -> np.ndarray:
+    """The network's N x 8 probabilities (float32) for float32 faces N x 48 x 48 x 1, in chunks.
+
+    `predict_on_batch`, not `predict`: Keras's `predict` builds a tf.data pipeline,
+    two iterators and its callbacks on every call, about 100-150 ms whatever the
+    number of faces, which made one face take 12x as long as the network's own
+    work (benchmarks/inference.py, BENCHMARKS.md).
+    """
+    if not len(faces):
+        return np.zeros((0, NUM_CLASSES), np.float32)
+    chunks = (network.predict_on_batch(faces[i : i + FORWARD_CHUNK]) for i in range(0, len(faces), FORWARD_CHUNK))
+    return np.concatenate([np.asarray(chunk, dtype=np.float32) for chunk in chunks])
+
+
+def load_network(path: str):
+    """The Keras network at `path`, traced once on a blank face so the first request is not the slow one."""
+    import keras
+
+    network = keras.saving.load_model(path, compile=False)
+    forward(network, np.zeros((1, *FACE_SHAPE), np.float32))
+    return network
+
+
 class EmotionModel(mlflow.pyfunc.PythonModel):
     """Predicts the 8 emotion probabilities of 48x48 grayscale faces."""
 
     def load_context(self, context):
-        import keras
-
-        self.network = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        self.network = load_network(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         faces = np.asarray(model_input, dtype=np.float32)
@@ -65,7 +91,7 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
             faces = faces[..., np.newaxis]
         if faces.shape[1:] != FACE_SHAPE:
             raise ValueError(f"expected faces of shape N x 48 x 48 x 1, got {faces.shape}")
-        return self.network.predict(faces, verbose=0)
+        return forward(self.network, faces)
 
 
 def _requirements() -> list[str]:
@@ -158,9 +184,7 @@ class FaceEmotionModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        import keras
-
-        self.network = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        self.network = load_network(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:
@@ -255,9 +279,7 @@ def _predict_photos(network, photos: list, allow_paths: bool) -> pd.DataFrame:
 
 
 def _probabilities(network, faces: np.ndarray) -> np.ndarray:
-    if not len(faces):
-        return np.zeros((0, NUM_CLASSES), np.float32)
-    return np.asarray(network.predict(faces, verbose=0), dtype=np.float64)
+    return forward(network, faces).astype(np.float64)
 
 
 def _result_frame(image_index: list[int], boxes: list, probabilities) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from PIL import Image
 
 import fer.data.folders
 from fer.cli import main
-from fer.data import DataError, describe_source, load
+from fer.data import DataError, cache, describe_source, load
 
 REAL_FERPLUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ferplus"
 
@@ -148,3 +148,33 @@ def test_real_ferplus_is_cached_after_the_first_load(tmp_path, monkeypatch):
     monkeypatch.setattr("fer.data.ferplus.load_ferplus", no_decoding)
     second = load(REAL_FERPLUS, cache_dir=tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(first.train.images, second.train.images)
+
+
+def _pathlib_fingerprint(paths, options):
+    """The fingerprint as first written, with pathlib: the digests of caches users already hold."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": cache.CACHE_FORMAT, **options}, sort_keys=True, default=str).encode())
+    for root in map(Path, paths):
+        digest.update(f"{root.resolve()}\n".encode())
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def test_fingerprint_is_unchanged_so_existing_cache_entries_still_hit(tmp_path):
+    root = tmp_path / "faces"
+    for name in ("train/happy/b.png", "train/happy/a.png", "train/Sad/c.png", "val/x.png", ".hidden", "Z.csv"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+    (root / "folder-link").symlink_to(root / "train", target_is_directory=True)  # not entered
+    (root / "file-link.csv").symlink_to(root / "Z.csv")  # a file: counted
+    options = {"kind": "folders", "label_mode": "majority"}
+    assert cache.fingerprint([root], options) == _pathlib_fingerprint([root], options)
+    assert cache.fingerprint([root / "Z.csv"], options) == _pathlib_fingerprint([root / "Z.csv"], options)
+    (root / "train/Sad/c.png").write_bytes(b"changed, and longer")
+    assert cache.fingerprint([root], options) == _pathlib_fingerprint([root], options)

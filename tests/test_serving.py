@@ -510,3 +510,17 @@ def test_cli_predict_reports_bad_model_and_bad_file_without_traceback(served, tm
     bad = CliRunner().invoke(main, ["predict", "--model", uri, str(junk)])
     assert bad.exit_code == 1 and f"{junk}: not an image file" in bad.output, bad.output
     assert "1 of 1 images could not be used" in bad.output and "Traceback" not in bad.output
+
+
+def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
+    from fer.models import build_model
+    from fer.serving import FORWARD_CHUNK, forward
+
+    network = build_model("baseline")
+    faces = np.random.default_rng(1).integers(0, 256, (FORWARD_CHUNK + 44, 48, 48, 1)).astype(np.float32)
+    expected = network.predict(faces, verbose=0)
+    for count in (1, FORWARD_CHUNK, len(faces)):  # one chunk, exactly one, and a partial second
+        probabilities = forward(network, faces[:count])
+        assert probabilities.dtype == np.float32 and probabilities.shape == (count, 8)
+        np.testing.assert_allclose(probabilities, expected[:count], rtol=1e-4, atol=1e-6)
+    assert forward(network, faces[:0]).shape == (0, 8)
