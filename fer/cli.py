@@ -40,6 +40,8 @@ def main():
 @click.option("--model", callback=_blank_is_none, help="Override the model: baseline or final.")
 @click.option("--label-mode", "label_mode", callback=_blank_is_none, help="majority or probability.")
 @click.option("--skip-bad", "skip_bad", callback=_blank_is_none, help="true: skip unreadable images, counting them.")
+@click.option("--max-minutes", "max_minutes", callback=_blank_is_none,
+              help="Stop after the last epoch that fits in this many minutes (0: no limit).")
 @click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. augmentation.rotation=10."
 )

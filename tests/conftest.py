@@ -94,7 +94,8 @@ def trained_store(tmp_path_factory):
     """
     folder = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    params = {"data": "synthetic:96", "epochs": TRAINED_EPOCHS, "batch_size": 32, "seed": 3}
+    # A time limit these runs never reach: the parameter travels, and training is left alone.
+    params = {"data": "synthetic:96", "epochs": TRAINED_EPOCHS, "batch_size": 32, "seed": 3, "max_minutes": 30}
     for phase in ("phase1", "phase2"):
         run_or_fail(phase, params, uri, folder)
     client = MlflowClient(uri)

@@ -44,7 +44,7 @@ def test_run_finishes_with_config_params_and_tags(store, phase, model):
     assert tags["mlflow.runName"].startswith(f"{phase}-{model}")
     # On a machine without a GPU, auto means neither XLA nor mixed precision (fer.acceleration).
     assert params["acceleration.jit_compile"] == "False" and params["acceleration.dtype_policy"] == "float32"
-    assert tags["fer.stopped_by"] == "epochs"
+    assert params["config.max_minutes"] == "30.0" and tags["fer.stopped_by"] == "epochs"
 
 
 @pytest.mark.parametrize("phase", ["phase1", "phase2"])
