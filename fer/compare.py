@@ -26,7 +26,8 @@ from mlflow.entities import Run
 
 from fer import reports
 from fer.diagnostics import STABILITY_BANDS, compare_rows, diagnose_run
-from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, configure_tracking
+from fer.data.splits import EMOTIONS
+from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, TAG_STOPPED_BY, configure_tracking
 
 PHASE_COMMANDS = {
     "phase1": "mlflow run . -e phase1 --env-manager local --experiment-name {experiment}",
@@ -55,6 +56,10 @@ class RunSummary:
     eval_split: str | None
     eval_accuracy: float | None
     eval_macro_f1: float | None
+    # Per-class recall on the evaluation split ({class: recall}, classes with samples only).
+    eval_recall: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_seconds: float | None = None  # model.fit's wall time (of the last sitting of a resumed run)
+    stopped_by: str | None = None  # epochs | early_stopping | time_limit
 
     @property
     def best_epoch(self) -> int:
@@ -146,6 +151,9 @@ def summarize(client: MlflowClient, run: Run) -> RunSummary:
         eval_split=run.data.tags.get(TAG_EVAL_SPLIT),
         eval_accuracy=metrics.get("eval_accuracy"),
         eval_macro_f1=metrics.get("eval_macro_f1"),
+        eval_recall={name: metrics[f"eval_recall_{name}"] for name in EMOTIONS if f"eval_recall_{name}" in metrics},
+        train_seconds=metrics.get("train_seconds"),
+        stopped_by=run.data.tags.get(TAG_STOPPED_BY),
     )
 
 
@@ -191,13 +199,28 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
             _change(final.overfit_gap - baseline.overfit_gap, False, _points),
         ),
     ]
+    split = "Test" if baseline.eval_split == final.eval_split == "test" else "Held-out (val; no test split)"
     for label, attr in (("accuracy", "eval_accuracy"), ("macro-F1", "eval_macro_f1")):
         b, f = getattr(baseline, attr), getattr(final, attr)
         if b is None or f is None:
             continue
-        split = "Test" if baseline.eval_split == final.eval_split == "test" else "Held-out (val; no test split)"
         rows.append(Row(f"{split} {label}", f"{b:.4f}", f"{f:.4f}", _change(f - b, True, _points)))
+    # Accuracy hides the rare classes (FER+ has 168 contempt faces to 10,295 neutral): one row each.
+    for name in EMOTIONS:
+        if name in baseline.eval_recall and name in final.eval_recall:
+            b, f = baseline.eval_recall[name], final.eval_recall[name]
+            rows.append(Row(f"{split} recall: {name}", f"{b:.4f}", f"{f:.4f}", _change(f - b, True, _points)))
+    rows.append(Row("Epochs trained", _epochs_text(baseline), _epochs_text(final), ""))
+    if baseline.train_seconds is not None and final.train_seconds is not None:
+        rows.append(Row("Training time (model.fit)", f"{baseline.train_seconds / 60:.1f} min",
+                        f"{final.train_seconds / 60:.1f} min", ""))
     return rows
+
+
+def _epochs_text(summary: RunSummary) -> str:
+    epochs = str(len(summary.history["val_accuracy"]))
+    reasons = {"early_stopping": "early stopping", "time_limit": "time limit", "epochs": "all epochs run"}
+    return f"{epochs} ({reasons[summary.stopped_by]})" if summary.stopped_by in reasons else epochs
 
 
 HEADER = ("Metric", "Baseline (phase 1)", "Final (phase 2)", "Improvement")
