@@ -4,7 +4,8 @@ Two settings of `experiments/<phase>.yaml` (or `--set key=value`):
 
 - `jit_compile`: `auto` | `true` | `false`. XLA-compile the training step.
   `auto` is Keras's own rule (`model.compile(jit_compile="auto")`): on where
-  a GPU is visible, off on a CPU-only machine.
+  a GPU is visible, off on a CPU-only machine and under a multi-device
+  tf.distribute strategy (`true` forces it on there).
 - `dtype_policy`: `auto` | `float32` | `mixed_float16` | `mixed_bfloat16`, a
   Keras dtype policy for the network. `auto` is `mixed_float16` on a GPU with
   tensor cores (compute capability 7.0 or newer), `float32` otherwise. The
