@@ -21,6 +21,7 @@ above; the other workers train in step with it and never touch MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -90,8 +91,12 @@ def train(
     epochs_already_done = 0
     if resume:
         epochs_already_done = check_resumable(client, resume)
+        sitting_budget = config.max_minutes
         config = config_of_run(client, resume)
-        print(f"Resuming run {resume} after epoch {epochs_already_done}, with its original configuration.")
+        if sitting_budget:  # a time budget belongs to the sitting, not to the recipe: the resume's own wins
+            config = dataclasses.replace(config, max_minutes=sitting_budget)
+        print(f"Resuming run {resume} after epoch {epochs_already_done}, with its original configuration"
+              + (f" and a budget of {sitting_budget:g} minutes for this sitting." if sitting_budget else "."))
     strategy = distribute.choose_strategy(config)  # before TensorFlow starts its runtime
 
     # 1. Data
@@ -115,7 +120,7 @@ def train(
     with mlflow.start_run(run_id=resume, run_name=run_name) as run:
         run_id = run.info.run_id
         if resume:
-            _note_resume(client, run_id)
+            _note_resume(client, run_id, config.max_minutes)
         else:
             _log_run_header(config, splits, model, run_name)
             mlflow.log_params(distribute.params(strategy, config.batch_size))
@@ -268,10 +273,12 @@ def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run
     _log_data(splits)
 
 
-def _note_resume(client: MlflowClient, run_id: str) -> None:
-    """Count the sittings; and label the empty run `mlflow run` made, if it made one."""
+def _note_resume(client: MlflowClient, run_id: str, max_minutes: float) -> None:
+    """Count the sittings, note this sitting's time budget; label the empty run `mlflow run` made, if any."""
     sittings = int(client.get_run(run_id).data.tags.get("fer.sittings", "1")) + 1
     mlflow.set_tag("fer.sittings", str(sittings))
+    if max_minutes:
+        mlflow.set_tag(f"fer.sitting_{sittings}.max_minutes", f"{max_minutes:g}")
     shell = os.environ.get("MLFLOW_RUN_ID")
     if shell and shell != run_id:
         client.set_tag(shell, "fer.resumed_run_id", run_id)

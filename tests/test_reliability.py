@@ -107,6 +107,25 @@ def test_ctrl_c_ends_the_run_killed_with_history_plots_and_checkpoint(store):
     assert len(steps(client, run_id, "val_loss")) >= 2
 
 
+def test_a_resumed_sitting_takes_its_own_time_budget(store):
+    """A run started with no limit, interrupted, then resumed with --max-minutes: that sitting stops in time."""
+    uri, client, env, tmp_path = store
+    process = start_training(50, env, tmp_path)
+    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    result = subprocess.run([*TRAIN, "--resume", run_id, "--max-minutes", "0.001"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "a budget of 0.001 minutes for this sitting" in result.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fer.stopped_by"] == "time_limit"
+    assert run.data.tags["fer.sitting_2.max_minutes"] == "0.001"
+    assert run.data.params["config.max_minutes"] == "0.0"  # the run's recipe is unchanged
+    done = len(steps(client, run_id, "val_loss"))
+    assert 3 <= done < 50 and done == run.data.metrics["epochs_trained"]  # one more epoch, then the limit
+
+
 def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch):
     import keras
 
