@@ -68,6 +68,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from fer.reports import _format_rate, learning_rate_steps
+from fer.tracking import TAG_STOPPED_BY
 
 # ----------------------------------------------------------------------- rules
 
@@ -353,13 +354,22 @@ class Convergence:
     early_stopping: bool | None  # None: not recorded
     restore_best_weights: bool | None
     patience: int | None
-    outcome: str  # "best at last epoch", "stopped early", "ended before planned" (early stopping off), "best earlier"
+    # "best at last epoch", "stopped early", "time limit", "ended before planned" (early stopping off), "best earlier"
+    outcome: str
     model_epoch: int | None  # whose weights the trained model holds; None: unknown
 
     def statements(self) -> list[str]:
         best = f"the best {self.monitor} {self.best_value:.4f}"
         since = self.epochs - self.best_epoch
         planned = f" of {self.planned_epochs} planned" if self.planned_epochs else ""
+        if self.outcome == "time limit":
+            text = f"The time limit (max_minutes) ended training at epoch {self.epochs}{planned}; {best} was at epoch "
+            if since == 0:
+                return [f"{text}{self.best_epoch}, the last: the run was still improving, so more time may help."]
+            text += f"{self.best_epoch}, {_count(since)} before the end"
+            if self.model_epoch == self.best_epoch:
+                return [f"{text}, and its weights were restored (restore_best_weights)."]
+            return [f"{text}."]
         if self.outcome == "best at last epoch":
             return [f"{best[0].upper()}{best[1:]} was at the last epoch ({self.epochs}{planned}): the run was still "
                     "improving when it ended, so more epochs may help."]
@@ -504,16 +514,19 @@ def diagnose(
     history: dict[str, list[float]],
     params: dict[str, str] | None = None,
     confusion: dict | None = None,
+    stopped_by: str | None = None,
 ) -> Diagnostics:
     """Diagnostics of a run from its per-epoch history, params (strings, as MLflow gives them) and confusion matrix.
 
     `history` needs accuracy, loss, val_accuracy and val_loss (one value per
     epoch, in order); learning_rate is optional. `confusion` is the run's
-    confusion_matrix.json: {"split", "labels", "counts"}.
+    confusion_matrix.json: {"split", "labels", "counts"}. `stopped_by` is the
+    run's `fer.stopped_by` tag (epochs, early_stopping, time_limit) where it has
+    one; without it, why training ended is inferred from the params.
     """
     series = _validated(history)
     epochs = len(series["val_accuracy"])
-    convergence = _convergence(series, params)
+    convergence = _convergence(series, params, stopped_by)
     return Diagnostics(
         epochs=epochs,
         learning_rate=_learning_rates(series),
@@ -708,7 +721,7 @@ def _stability(series: dict[str, np.ndarray]) -> Stability:
     return Stability(len(values), whole, split + 1, before, after, comparison)
 
 
-def _convergence(series: dict[str, np.ndarray], params: dict | None) -> Convergence:
+def _convergence(series: dict[str, np.ndarray], params: dict | None, stopped_by: str | None = None) -> Convergence:
     params = params or {}
     configured = params.get("config.early_stopping.monitor")
     monitor = configured if configured in MONITORS and configured in series else DEFAULT_MONITOR
@@ -721,8 +734,11 @@ def _convergence(series: dict[str, np.ndarray], params: dict | None) -> Converge
     planned = _int(params.get("config.epochs"))
     stopping = _bool(params.get("config.early_stopping.enabled"))
     restore = _bool(params.get("config.early_stopping.restore_best_weights"))
-    # Best at the last epoch first: early stopping cannot have ended a run that was still improving.
-    if best == epochs - 1:
+    # A recorded time limit first: it ends runs whether or not they still improve.
+    # Then best at the last epoch: early stopping cannot have ended a run that was still improving.
+    if stopped_by == "time_limit":
+        outcome = "time limit"
+    elif best == epochs - 1:
         outcome = "best at last epoch"
     elif planned is not None and epochs < planned:
         outcome = "stopped early" if stopping else "ended before planned"
@@ -785,7 +801,7 @@ def diagnose_run(run_id: str, client: MlflowClient | None = None) -> Diagnostics
                                                     key=lambda m: (m.step, m.timestamp))}
         if by_step:
             history[key] = [by_step[step] for step in sorted(by_step)]
-    return diagnose(history, dict(run.data.params), _load_confusion(client, run_id))
+    return diagnose(history, dict(run.data.params), _load_confusion(client, run_id), run.data.tags.get(TAG_STOPPED_BY))
 
 
 def _load_confusion(client: MlflowClient, run_id: str) -> dict | None:

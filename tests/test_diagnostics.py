@@ -354,6 +354,26 @@ def test_early_stopping_restored_an_earlier_epoch(store):
     assert "more epochs may help" not in " ".join(d.statements())
 
 
+@pytest.mark.parametrize(
+    "val_loss, statement",
+    [
+        ([1.6, 1.3, 1.1, 1.0, 1.02, 1.05], "The time limit (max_minutes) ended training at epoch 6 of 40 planned; "
+         "the best val_loss 1.0000 was at epoch 4, 2 epochs before the end, and its weights were restored "
+         "(restore_best_weights)."),
+        ([1.6, 1.3, 1.1, 1.0, 0.95, 0.9], "The time limit (max_minutes) ended training at epoch 6 of 40 planned; "
+         "the best val_loss 0.9000 was at epoch 6, the last: the run was still improving, so more time may help."),
+    ],
+)
+def test_a_recorded_time_limit_is_named_as_what_ended_training_not_early_stopping(store, val_loss, statement):
+    client, _ = store
+    run_id = log_run(store, history(wiggle(0.6, 6), val_loss=val_loss), params())
+    client.set_tag(run_id, "fer.stopped_by", "time_limit")
+    d = diagnose_run(run_id, client)
+    assert d.convergence.outcome == "time limit"
+    assert section(d, "Convergence") == [statement]
+    assert "Early stopping (monitor" not in " ".join(d.statements())
+
+
 def test_ran_all_epochs_with_an_earlier_best_follows_the_early_stopping_monitor(store):
     val_accuracy = [0.40, 0.50, 0.62, 0.58, 0.60, 0.59]  # best at epoch 3; val_loss keeps falling
     p = params(**{"config.epochs": 6, "config.early_stopping.monitor": "val_accuracy"})
