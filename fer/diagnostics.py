@@ -357,6 +357,9 @@ class Convergence:
     # "best at last epoch", "stopped early", "time limit", "ended before planned" (early stopping off), "best earlier"
     outcome: str
     model_epoch: int | None  # whose weights the trained model holds; None: unknown
+    # A resumed run: Keras's restore_best_weights only saw the last sitting (from this 1-based epoch; None: unknown).
+    resumed: bool = False
+    last_sitting_first_epoch: int | None = None
 
     def statements(self) -> list[str]:
         best = f"the best {self.monitor} {self.best_value:.4f}"
@@ -367,9 +370,7 @@ class Convergence:
             if since == 0:
                 return [f"{text}{self.best_epoch}, the last: the run was still improving, so more time may help."]
             text += f"{self.best_epoch}, {_count(since)} before the end"
-            if self.model_epoch == self.best_epoch:
-                return [f"{text}, and its weights were restored (restore_best_weights)."]
-            return [f"{text}."]
+            return [text + (self._restored() if self.restore_best_weights else ".")]
         if self.outcome == "best at last epoch":
             return [f"{best[0].upper()}{best[1:]} was at the last epoch ({self.epochs}{planned}): the run was still "
                     "improving when it ended, so more epochs may help."]
@@ -378,7 +379,7 @@ class Convergence:
             text = (f"Early stopping (monitor {self.monitor}{patience}) ended training at epoch "
                     f"{self.epochs}{planned}; {best} was at epoch {self.best_epoch}, {_count(since)} before the end")
             if self.restore_best_weights:
-                return [f"{text}, and its weights were restored (restore_best_weights)."]
+                return [text + self._restored()]
             return [f"{text}; restore_best_weights is off, so the model is from epoch {self.epochs} "
                     f"({self.monitor} {_fmt(self.last_value)})."]
         if self.outcome == "ended before planned":
@@ -388,11 +389,26 @@ class Convergence:
         ran = f"all {self.epochs} planned epochs" if self.planned_epochs else f"{self.epochs} epochs"
         text = (f"Training ran {ran}; {best} was at epoch {self.best_epoch}, with no improvement in the last "
                 f"{_count(since)}.")
-        if self.model_epoch == self.best_epoch:
+        if self.resumed and self.restore_best_weights:
+            text = text[:-1] + self._restored()
+        elif self.model_epoch == self.best_epoch:
             text += f" Early stopping's restore_best_weights keeps the epoch-{self.best_epoch} weights."
         elif self.model_epoch == self.epochs:
             text += f" The model is from epoch {self.epochs} ({self.monitor} {_fmt(self.last_value)})."
         return [text]
+
+
+    def _restored(self) -> str:
+        """How the statement ends when restore_best_weights is on: whose weights the model holds."""
+        if not self.resumed:
+            return ", and its weights were restored (restore_best_weights)."
+        if self.model_epoch is None:
+            return ("; the run was resumed, and restore_best_weights covers only its last sitting, so the model "
+                    f"holds that sitting's best weights, not necessarily epoch {self.best_epoch}'s.")
+        if self.model_epoch == self.best_epoch:
+            return ", and its weights were restored (restore_best_weights, within the last sitting)."
+        return (f"; the run was resumed, and restore_best_weights covers only its last sitting (epochs "
+                f"{self.last_sitting_first_epoch}-{self.epochs}), so the model holds epoch {self.model_epoch}'s weights.")
 
 
 @dataclass(frozen=True)
@@ -515,6 +531,7 @@ def diagnose(
     params: dict[str, str] | None = None,
     confusion: dict | None = None,
     stopped_by: str | None = None,
+    sitting: tuple[bool, int | None] = (False, None),
 ) -> Diagnostics:
     """Diagnostics of a run from its per-epoch history, params (strings, as MLflow gives them) and confusion matrix.
 
@@ -522,11 +539,13 @@ def diagnose(
     epoch, in order); learning_rate is optional. `confusion` is the run's
     confusion_matrix.json: {"split", "labels", "counts"}. `stopped_by` is the
     run's `fer.stopped_by` tag (epochs, early_stopping, time_limit) where it has
-    one; without it, why training ended is inferred from the params.
+    one; without it, why training ended is inferred from the params. `sitting`
+    is (whether the run was resumed, the 1-based first epoch of its last sitting
+    or None when not recorded).
     """
     series = _validated(history)
     epochs = len(series["val_accuracy"])
-    convergence = _convergence(series, params, stopped_by)
+    convergence = _convergence(series, params, stopped_by, sitting)
     return Diagnostics(
         epochs=epochs,
         learning_rate=_learning_rates(series),
@@ -721,7 +740,12 @@ def _stability(series: dict[str, np.ndarray]) -> Stability:
     return Stability(len(values), whole, split + 1, before, after, comparison)
 
 
-def _convergence(series: dict[str, np.ndarray], params: dict | None, stopped_by: str | None = None) -> Convergence:
+def _convergence(
+    series: dict[str, np.ndarray],
+    params: dict | None,
+    stopped_by: str | None = None,
+    sitting: tuple[bool, int | None] = (False, None),
+) -> Convergence:
     params = params or {}
     configured = params.get("config.early_stopping.monitor")
     monitor = configured if configured in MONITORS and configured in series else DEFAULT_MONITOR
@@ -748,7 +772,14 @@ def _convergence(series: dict[str, np.ndarray], params: dict | None, stopped_by:
     if stopping is None or (stopping and restore is None):
         model_epoch = None
     elif stopping and restore:
-        model_epoch = best + 1
+        resumed, first = sitting
+        if not resumed:
+            model_epoch = best + 1
+        elif first is None or not 1 <= first <= epochs:
+            model_epoch = None
+        else:  # EarlyStopping's best weights live in memory: a resumed sitting only knows its own epochs
+            last = values[first - 1:]
+            model_epoch = first + int(np.nanargmax(last) if monitor.endswith("accuracy") else np.nanargmin(last))
     else:
         model_epoch = epochs
     return Convergence(
@@ -756,6 +787,7 @@ def _convergence(series: dict[str, np.ndarray], params: dict | None, stopped_by:
         best_epoch=best + 1, best_value=float(values[best]), epochs=epochs, last_value=_number(values[-1]),
         planned_epochs=planned, early_stopping=stopping, restore_best_weights=restore,
         patience=_int(params.get("config.early_stopping.patience")), outcome=outcome, model_epoch=model_epoch,
+        resumed=sitting[0], last_sitting_first_epoch=sitting[1],
     )
 
 
@@ -801,7 +833,11 @@ def diagnose_run(run_id: str, client: MlflowClient | None = None) -> Diagnostics
                                                     key=lambda m: (m.step, m.timestamp))}
         if by_step:
             history[key] = [by_step[step] for step in sorted(by_step)]
-    return diagnose(history, dict(run.data.params), _load_confusion(client, run_id), run.data.tags.get(TAG_STOPPED_BY))
+    tags = run.data.tags
+    sittings = int(tags.get("fer.sittings", "1"))
+    first = tags.get(f"fer.sitting_{sittings}.first_epoch")
+    sitting = (sittings > 1, int(first) if first else None)
+    return diagnose(history, dict(run.data.params), _load_confusion(client, run_id), tags.get(TAG_STOPPED_BY), sitting)
 
 
 def _load_confusion(client: MlflowClient, run_id: str) -> dict | None:

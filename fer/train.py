@@ -120,7 +120,7 @@ def train(
     with mlflow.start_run(run_id=resume, run_name=run_name) as run:
         run_id = run.info.run_id
         if resume:
-            _note_resume(client, run_id, config.max_minutes)
+            _note_resume(client, run_id, config.max_minutes, first_epoch=epochs_already_done + 1)
         else:
             _log_run_header(config, splits, model, run_name)
             mlflow.log_params(distribute.params(strategy, config.batch_size))
@@ -273,10 +273,15 @@ def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run
     _log_data(splits)
 
 
-def _note_resume(client: MlflowClient, run_id: str, max_minutes: float) -> None:
-    """Count the sittings, note this sitting's time budget; label the empty run `mlflow run` made, if any."""
+def _note_resume(client: MlflowClient, run_id: str, max_minutes: float, first_epoch: int) -> None:
+    """Count the sittings, note where this one starts and its time budget; label `mlflow run`'s empty run, if any.
+
+    The first epoch matters to diagnostics: EarlyStopping's best weights are not
+    in the checkpoint, so restore_best_weights only covers the last sitting.
+    """
     sittings = int(client.get_run(run_id).data.tags.get("fer.sittings", "1")) + 1
     mlflow.set_tag("fer.sittings", str(sittings))
+    mlflow.set_tag(f"fer.sitting_{sittings}.first_epoch", str(first_epoch))
     if max_minutes:
         mlflow.set_tag(f"fer.sitting_{sittings}.max_minutes", f"{max_minutes:g}")
     shell = os.environ.get("MLFLOW_RUN_ID")

@@ -374,6 +374,30 @@ def test_a_recorded_time_limit_is_named_as_what_ended_training_not_early_stoppin
     assert "Early stopping (monitor" not in " ".join(d.statements())
 
 
+@pytest.mark.parametrize(
+    "first_epoch_tag, model_epoch, ending",
+    [
+        ("5", 6, "; the run was resumed, and restore_best_weights covers only its last sitting (epochs 5-6), "
+                 "so the model holds epoch 6's weights."),
+        (None, None, "; the run was resumed, and restore_best_weights covers only its last sitting, so the model "
+                     "holds that sitting's best weights, not necessarily epoch 4's."),
+    ],
+)
+def test_a_resumed_run_does_not_claim_weights_its_last_sitting_never_saw(store, first_epoch_tag, model_epoch, ending):
+    client, _ = store
+    run_id = log_run(store, history(wiggle(0.6, 6), val_loss=[1.6, 1.3, 1.1, 1.0, 1.05, 1.02]), params())
+    client.set_tag(run_id, "fer.stopped_by", "time_limit")
+    client.set_tag(run_id, "fer.sittings", "2")
+    if first_epoch_tag:
+        client.set_tag(run_id, "fer.sitting_2.first_epoch", first_epoch_tag)
+    d = diagnose_run(run_id, client)
+    assert (d.convergence.best_epoch, d.convergence.model_epoch) == (4, model_epoch)
+    assert section(d, "Convergence") == [
+        "The time limit (max_minutes) ended training at epoch 6 of 40 planned; the best val_loss 1.0000 was at "
+        "epoch 4, 2 epochs before the end" + ending
+    ]
+
+
 def test_ran_all_epochs_with_an_earlier_best_follows_the_early_stopping_monitor(store):
     val_accuracy = [0.40, 0.50, 0.62, 0.58, 0.60, 0.59]  # best at epoch 3; val_loss keeps falling
     p = params(**{"config.epochs": 6, "config.early_stopping.monitor": "val_accuracy"})

@@ -124,6 +124,7 @@ def test_a_resumed_sitting_takes_its_own_time_budget(store):
     assert run.data.params["config.max_minutes"] == "0.0"  # the run's recipe is unchanged
     done = len(steps(client, run_id, "val_loss"))
     assert 3 <= done < 50 and done == run.data.metrics["epochs_trained"]  # one more epoch, then the limit
+    assert run.data.tags["fer.sitting_2.first_epoch"] == str(done)  # that one epoch is the resumed sitting
 
 
 def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch):
