@@ -60,6 +60,8 @@ class RunSummary:
     eval_recall: dict[str, float] = dataclasses.field(default_factory=dict)
     train_seconds: float | None = None  # model.fit's wall time (of the last sitting of a resumed run)
     stopped_by: str | None = None  # epochs | early_stopping | time_limit
+    wall_seconds: float | None = None  # the run's start to end: every sitting, the pauses between them, evaluation
+    sittings: int = 1
 
     @property
     def best_epoch(self) -> int:
@@ -154,6 +156,8 @@ def summarize(client: MlflowClient, run: Run) -> RunSummary:
         eval_recall={name: metrics[f"eval_recall_{name}"] for name in EMOTIONS if f"eval_recall_{name}" in metrics},
         train_seconds=metrics.get("train_seconds"),
         stopped_by=run.data.tags.get(TAG_STOPPED_BY),
+        wall_seconds=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+        sittings=int(run.data.tags.get("fer.sittings", "1")),
     )
 
 
@@ -212,9 +216,17 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
             rows.append(Row(f"{split} recall: {name}", f"{b:.4f}", f"{f:.4f}", _change(f - b, True, _points)))
     rows.append(Row("Epochs trained", _epochs_text(baseline), _epochs_text(final), ""))
     if baseline.train_seconds is not None and final.train_seconds is not None:
-        rows.append(Row("Training time (model.fit)", f"{baseline.train_seconds / 60:.1f} min",
-                        f"{final.train_seconds / 60:.1f} min", ""))
+        rows.append(Row("Training time (model.fit)", _fit_time_text(baseline), _fit_time_text(final), ""))
+    if baseline.wall_seconds is not None and final.wall_seconds is not None:
+        rows.append(Row("Wall time (run start to end, loading and evaluation included)",
+                        f"{baseline.wall_seconds / 60:.1f} min", f"{final.wall_seconds / 60:.1f} min", ""))
     return rows
+
+
+def _fit_time_text(summary: RunSummary) -> str:
+    text = f"{summary.train_seconds / 60:.1f} min"
+    # An interrupted sitting never got to log its fit time: only the last sitting's is known.
+    return text if summary.sittings == 1 else f"{text} (last of {summary.sittings} sittings)"
 
 
 def _epochs_text(summary: RunSummary) -> str:

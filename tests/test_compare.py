@@ -39,13 +39,15 @@ def test_per_class_recall_rows_cover_the_classes_both_runs_measured():
     baseline = summary([0.5], [0.5], [1.0], eval_recall={"neutral": 0.8, "contempt": 0.0, "fear": 0.25},
                        stopped_by="early_stopping", train_seconds=90.0)
     final = summary([0.6], [0.6], [0.9], eval_recall={"neutral": 0.75, "contempt": 0.5},
-                    stopped_by="time_limit", train_seconds=3600.0)
+                    stopped_by="time_limit", train_seconds=3600.0, wall_seconds=3900.0, sittings=2)
     rows = {r.metric: r for r in comparison_rows(baseline, final)}
     assert rows["Test recall: contempt"].improvement == "+50.0 pts (better)"
     assert rows["Test recall: neutral"].improvement == "-5.0 pts (worse)"
     assert "Test recall: fear" not in rows  # the final run has no fear faces to measure
     assert (rows["Epochs trained"].baseline, rows["Epochs trained"].final) == ("1 (early stopping)", "1 (time limit)")
-    assert rows["Training time (model.fit)"].final == "60.0 min"
+    assert rows["Training time (model.fit)"].final == "60.0 min (last of 2 sittings)"
+    assert rows["Training time (model.fit)"].baseline == "1.5 min"
+    assert "Wall time (run start to end, loading and evaluation included)" not in rows  # the baseline has none
 
 
 def test_rows_without_evaluation_leave_test_rows_out():
@@ -114,6 +116,8 @@ def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, t
             assert table[f"Test recall: {name}"][column] == f"{runs[phase].data.metrics[f'eval_recall_{name}']:.4f}"
         assert table["Epochs trained"][column] == "2 (all epochs run)"
         assert table["Training time"][column] == f"{runs[phase].data.metrics['train_seconds'] / 60:.1f} min"
+        info = runs[phase].info
+        assert table["Wall time"][column] == f"{(info.end_time - info.start_time) / 60000:.1f} min"
 
     assert "Diagnosis: Overfitting onset" in table and "Diagnosis: Learning-rate steps" in table
 
