@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,7 +50,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
@@ -61,6 +59,7 @@ from fer.config import Augmentation  # noqa: E402
 from fer.data.splits import Split  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.pipeline import batches_per_epoch, make_dataset  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 # -- (a) the reference -----------------------------------------------------------------------
@@ -168,19 +167,6 @@ def timed(one_pass, seconds: float) -> tuple[float, float]:
             return images / elapsed, images / (time.process_time() - cpu)
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}; "
-            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4096, help="synthetic faces per pass (default 4096)")
@@ -203,7 +189,7 @@ def main(argv=None) -> None:
                          batches_per_epoch(len(split), args.batch))
         ),
     }
-    print(f"machine: {machine()}")
+    print(f"machine: {describe('tensorflow', 'keras')}")
     print(f"images per pass: {args.images}, batch: {args.batch}, augmentation: {aug}")
     for one_pass in methods.values():  # warm-up: tracing, XLA compilation, thread pools
         one_pass()

@@ -48,9 +48,7 @@ touched. No progress bars (progress=False).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -63,11 +61,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import PIL  # noqa: E402
 
 from fer.data import cache, load  # noqa: E402
 from fer.data.fer2013 import FER2013_TO_EMOTIONS, USAGE_TO_SPLIT  # noqa: E402
 from fer.data.splits import IMAGE_SIZE  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
 CSV_ROWS = {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589}  # 35,887, the original's
@@ -87,22 +85,6 @@ def timed(call):
 
 def n_images(splits) -> int:
     return sum(len(split) for _, split in splits.items())
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load1, load5, load15 = os.getloadavg()
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}; "
-            f"load average {load1:.2f} {load5:.2f} {load15:.2f}; Python {platform.python_version()}, "
-            f"numpy {np.__version__}, pandas {pd.__version__}, Pillow {PIL.__version__}; {now}")
 
 
 def table(title: str, unit: str, count: int, rows: dict[str, list[tuple[float, float]]], reference: str) -> None:
@@ -257,7 +239,7 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-csv", action="store_true", help="leave out table 2 (fer2013.csv parsing)")
     args = parser.parse_args(argv)
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe('numpy', 'pandas', 'pillow')}")
     print(f"rounds: {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="fer-bench-data-") as tmp:
         work = Path(tmp)

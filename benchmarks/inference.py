@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -63,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.serving import FACE_SHAPE, log_emotion_model  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 # -- the logged model, loaded back -----------------------------------------------------------
@@ -122,21 +122,6 @@ def latencies(predict, x: np.ndarray, calls: int) -> list[float]:
     return times
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {len(os.sched_getaffinity(0))} "
-            f"({os.cpu_count()} cores), {model}; load average {load}; Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, MLflow {mlflow.__version__}")
-
-
 def load_note() -> str:
     load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
     if load >= 0.5 * cores:
@@ -159,7 +144,7 @@ def main(argv=None) -> None:
     if min(batches) < 1 or args.rounds < 1 or args.calls < args.rounds:
         parser.error("batch sizes must be >= 1, --rounds >= 1 and --calls >= --rounds")
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe('tensorflow', 'keras', 'mlflow')}")
     keras.utils.set_random_seed(0)
     network = build_model(args.model)
     faces, _ = make_faces(max(batches), seed=0)

@@ -36,13 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bare", "pipeline", "full", "bare-xla", "bare-bf16")
@@ -148,7 +149,7 @@ def main() -> None:
     unknown = sorted(set(modes) - set(MODES))
     if unknown or "bare" not in modes:
         sys.exit(f"--modes takes {', '.join(MODES)} and must include bare (the reference); got {args.modes}")
-    print(machine_line())
+    print(f"machine: {describe('tensorflow', 'keras', 'mlflow')}")
     print(f"model {args.model}, data {args.data}, {args.epochs} epochs of batch {args.batch}, "
           f"{args.rounds} rounds, modes {', '.join(modes)}\n")
     results = {mode: [] for mode in modes}
@@ -195,16 +196,6 @@ def table(results: dict, modes: list[str]) -> str:
             f"| {peak(mode):,.0f} | {peak(mode) / reference_peak:.2f}x | {all_epochs} |"
         )
     return "\n".join(rows)
-
-
-def machine_line() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    import importlib.metadata as md
-
-    versions = ", ".join(f"{name} {md.version(name)}" for name in ("tensorflow", "keras", "mlflow"))
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {os.cpu_count()}, CPU {cpu!r}, "
-            f"load average {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, {versions}")
 
 
 def parse_args():

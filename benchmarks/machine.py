@@ -1,0 +1,29 @@
+"""Where a benchmark ran, as every script in benchmarks/ prints it: date, cores, CPU, load, versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def describe(*packages: str) -> str:
+    """One line: UTC date, cores and CPU model, load average, Python and the given packages' versions."""
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    versions = "".join(f", {name} {importlib.metadata.version(name)}" for name in packages)
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores "
+            f"(nproc {len(os.sched_getaffinity(0))}), CPU {cpu_model()}; load average {load}; "
+            f"Python {platform.python_version()}{versions}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
