@@ -153,7 +153,7 @@ def train(
             _log_interrupted(err, recorder.history, config, directory, run_id)
             raise
         mlflow.log_metric("train_seconds", time.monotonic() - started)
-        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(steering, config))
+        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(steering))
         # Autologging logs asynchronously; a write it lost (a busy shared store,
         # say) is logged again here from the epoch history, so no value is missing.
         mlflow.flush_async_logging()
@@ -357,7 +357,7 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def _stopped_by(steering: list[keras.callbacks.Callback], config: TrainConfig) -> str:
+def _stopped_by(steering: list[keras.callbacks.Callback]) -> str:
     """Why fit ended: "time_limit", "early_stopping", or "epochs" (it ran them all)."""
     for callback in steering:
         if isinstance(callback, TimeLimit) and callback.stopped_epoch is not None:
