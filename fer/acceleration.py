@@ -13,8 +13,9 @@ Two settings of `experiments/<phase>.yaml` (or `--set key=value`):
   the optimizer in a LossScaleOptimizer for `mixed_float16`.
 
 Why `auto` leaves both off on a CPU: on the project's 2-core machines XLA made
-the phase-2 training step about 2.5x slower and mixed bfloat16 was no faster
-(`python benchmarks/training.py --modes bare,bare-xla,bare-bf16`, BENCHMARKS.md).
+a phase-2 epoch 2.3x slower and mixed bfloat16 1.1x slower, although that CPU
+has AVX-512 BF16 (`python benchmarks/training.py --modes bare,bare-xla,bare-bf16`,
+BENCHMARKS.md).
 On GPUs both are the standard ways to go faster.
 
 Every run logs what the settings resolved to (`acceleration.*` params).
