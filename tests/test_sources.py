@@ -356,6 +356,36 @@ def test_fer2013_accepts_any_column_order_and_whitespace(tmp_path):
     np.testing.assert_array_equal(splits.train.images[0], face(1))
 
 
+def test_fer2013_quoted_csv_reads_like_plain(fer2013_csv, tmp_path):
+    # Plain files are split on commas without the csv module; a file with any
+    # quote goes through it. Both must give the same faces and the same lines.
+    path, _ = fer2013_csv
+    with open(path, newline="") as source, open(tmp_path / "quoted.csv", "w", newline="") as target:
+        csv.writer(target, quoting=csv.QUOTE_ALL).writerows(csv.reader(source))
+    assert (tmp_path / "quoted.csv").read_text().startswith('"emotion","pixels","Usage"')
+    plain, quoted = load_fer2013_csv(path), load_fer2013_csv(tmp_path / "quoted.csv")
+    for name, split in plain.items():
+        np.testing.assert_array_equal(getattr(quoted, name).images, split.images)
+        np.testing.assert_array_equal(getattr(quoted, name).labels, split.labels)
+
+    rows = [
+        (3, face(1), "Training"),  # line 2
+        ["3", pixels_text(face(2)), 'Training "a\nb"'],  # lines 3-4: a quoted newline in one cell
+        (9, face(3), "Training"),  # line 5: bad emotion
+        (2, face(4), "PublicTest"),  # line 6
+    ]
+    for name, quoting in (("plain.csv", csv.QUOTE_MINIMAL), ("all.csv", csv.QUOTE_ALL)):
+        file = tmp_path / name
+        with open(file, "w", newline="") as out:
+            writer = csv.writer(out, quoting=quoting)
+            writer.writerow(("emotion", "pixels", "Usage"))
+            writer.writerows([list(map(str, row[:1])) + [pixels_text(row[1]), row[2]] if isinstance(row, tuple)
+                              else row for row in rows])
+        splits = load_fer2013_csv(file, skip_bad=True)
+        assert [item.location.rsplit(" ", 1)[-1] for item in splits.bad] == ["3", "5"], name
+        np.testing.assert_array_equal(splits.val.images[0], face(4))
+
+
 FERPLUS_NEW_ROWS = [
     ("Training", "fer0000000.png", votes(anger=6, neutral=4)),
     ("Training", "fer0000001.png", votes(disgust=1, contempt=5, unknown=4)),
@@ -484,6 +514,9 @@ def test_fer2013_file_errors(tmp_path):
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"emotion,pixels,Usage\n\xff\xfe\x00garbage")
     raises_data_error("binary.csv", "line 2", call=lambda: load_fer2013_csv(binary))
+    unclosed = tmp_path / "unclosed.csv"  # an unclosed quote runs past the csv module's field limit
+    unclosed.write_text('emotion,pixels,Usage\n1,"' + "1 " * 70_000 + ",Training\n")
+    raises_data_error("unclosed.csv, line 2", "not valid CSV", call=lambda: load_fer2013_csv(unclosed))
 
 
 # ---------------------------------------------------------------- class-per-folder trees

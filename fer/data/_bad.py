@@ -31,6 +31,9 @@ MAX_LISTED = 5
 # that is right in both directions.
 RESAMPLE = Image.Resampling.BILINEAR
 
+# Files are scanned (line counts, quote search) in chunks of this size.
+CHUNK_BYTES = 1 << 22
+
 SKIP_HINT = "or load with skip_bad=True (CLI: --skip-bad) to leave them out and count them in Splits.bad"
 
 Progress = Callable[[Iterable, int, str], Iterable]
@@ -100,6 +103,28 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     Unreadable files, bytes that are not UTF-8 text and malformed CSV become a
     DataError naming the file and line.
     """
+    try:
+        quoted = _contains(path, b'"')
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.") from err
+    # Without a quote character, CSV is plain comma-separated lines, and
+    # str.split reads them several times faster than the csv module (on
+    # fer2013.csv's 8 KB rows it halves the whole load).
+    yield from (_quoted_csv_rows if quoted else _plain_csv_rows)(path)
+
+
+def _plain_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    try:
+        with open(path, "rb") as file:
+            for line, text in enumerate(_text_lines(path, file), 1):
+                row = text.rstrip("\r\n").split(",")
+                if any(cell.strip() for cell in row):
+                    yield line, row
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.") from err
+
+
+def _quoted_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     line = 1
     try:
         with open(path, "rb") as file:
@@ -112,6 +137,14 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(f"{path}, line {line}: not valid CSV ({err}). Fix the file or re-export it as CSV.") from err
     except OSError as err:
         raise DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.") from err
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            if needle in chunk:
+                return True
+    return False
 
 
 def _text_lines(path: Path, file) -> Iterator[str]:
@@ -133,7 +166,7 @@ def count_lines(path: Path) -> int:
     last = b"\n"
     try:
         with open(path, "rb") as file:
-            while chunk := file.read(1 << 22):
+            while chunk := file.read(CHUNK_BYTES):
                 count += chunk.count(b"\n")
                 last = chunk[-1:]
     except OSError as err:
