@@ -22,8 +22,16 @@ TRAIN = [sys.executable, "-m", "fer.cli", "train", "phase1", "--data", "syntheti
 
 def start_training(epochs: int, env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [*TRAIN, "--epochs", str(epochs)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*TRAIN, "--epochs", str(epochs)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, preexec_fn=_hear_ctrl_c,
     )
+
+
+def _hear_ctrl_c() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never
+    # turns it into KeyboardInterrupt: undo that, so the Ctrl-C tests hold
+    # however pytest itself was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_epochs(client: MlflowClient, cache: Path, epochs: int, process: subprocess.Popen, timeout=240) -> str:
