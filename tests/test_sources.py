@@ -357,8 +357,9 @@ def test_fer2013_accepts_any_column_order_and_whitespace(tmp_path):
 
 
 def test_fer2013_quoted_csv_reads_like_plain(fer2013_csv, tmp_path):
-    # Plain files are split on commas without the csv module; a file with any
-    # quote goes through it. Both must give the same faces and the same lines.
+    # Lines without quotes are split on commas without the csv module; a line
+    # with a quote goes through it. Both must give the same faces and the same
+    # line numbers, also in a file that mixes them.
     path, _ = fer2013_csv
     with open(path, newline="") as source, open(tmp_path / "quoted.csv", "w", newline="") as target:
         csv.writer(target, quoting=csv.QUOTE_ALL).writerows(csv.reader(source))

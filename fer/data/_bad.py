@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -30,9 +31,6 @@ MAX_LISTED = 5
 # interpolates smoothly, where BOX / AREA would give blocky pixels. One filter
 # that is right in both directions.
 RESAMPLE = Image.Resampling.BILINEAR
-
-# Files are scanned (line counts, quote search) in chunks of this size.
-CHUNK_BYTES = 1 << 22
 
 SKIP_HINT = "or load with skip_bad=True (CLI: --skip-bad) to leave them out and count them in Splits.bad"
 
@@ -103,36 +101,24 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     Unreadable files, bytes that are not UTF-8 text and malformed CSV become a
     DataError naming the file and line.
     """
-    try:
-        quoted = _contains(path, b'"')
-    except OSError as err:
-        raise _cannot_read(path, err) from err
-    # Without a quote character, CSV is plain comma-separated lines, which
-    # str.split reads much faster than the csv module: a fer2013.csv (8 KB
-    # rows) loads in 0.7x the time (BENCHMARKS.md).
-    yield from (_quoted_csv_rows if quoted else _plain_csv_rows)(path)
-
-
-def _plain_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    try:
-        with open(path, "rb") as file:
-            for line, text in enumerate(_text_lines(path, file), 1):
-                row = text.rstrip("\r\n").split(",")
-                if any(cell.strip() for cell in row):
-                    yield line, row
-    except OSError as err:
-        raise _cannot_read(path, err) from err
-
-
-def _quoted_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     line = 1
     try:
         with open(path, "rb") as file:
-            reader = csv.reader(_text_lines(path, file))
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
+            lines = _text_lines(path, file)
+            for text in lines:
+                if '"' in text:
+                    # Quoted cells may hold commas or newlines: the csv module reads this
+                    # row, pulling as many further lines as it spans.
+                    reader = csv.reader(itertools.chain([text], lines))
+                    row, span = next(reader, []), reader.line_num
+                else:
+                    # A line without quotes is plain comma-separated cells, which str.split
+                    # reads much faster than the csv module: a fer2013.csv (8 KB rows) loads
+                    # in 0.7x the time (BENCHMARKS.md).
+                    row, span = text.rstrip("\r\n").split(","), 1
+                if any(cell.strip() for cell in row):
                     yield line, row
-                line = reader.line_num + 1
+                line += span
     except csv.Error as err:
         raise DataError(f"{path}, line {line}: not valid CSV ({err}). Fix the file or re-export it as CSV.") from err
     except OSError as err:
@@ -141,14 +127,6 @@ def _quoted_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 def _cannot_read(path: Path, err: OSError) -> DataError:
     return DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.")
-
-
-def _contains(path: Path, needle: bytes) -> bool:
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            if needle in chunk:
-                return True
-    return False
 
 
 def _text_lines(path: Path, file) -> Iterator[str]:
@@ -170,7 +148,7 @@ def count_lines(path: Path) -> int:
     last = b"\n"
     try:
         with open(path, "rb") as file:
-            while chunk := file.read(CHUNK_BYTES):
+            while chunk := file.read(1 << 22):
                 count += chunk.count(b"\n")
                 last = chunk[-1:]
     except OSError as err:
