@@ -4,7 +4,7 @@
                                   [--batch 64] [--rounds 2] [--modes bare,pipeline,full]
 
 Every mode trains the same network (`--model`: final is phase 2, baseline phase 1),
-compiled the same way (`fer.train._compiled_model`: Adam, categorical cross-entropy,
+compiled the same way (`fer.train.compile_model`: Adam, categorical cross-entropy,
 accuracy), on the same faces (`--data`, loaded once per process with `fer.data.load`),
 for the same epochs and batch size, validating on the same validation split after
 every epoch:
@@ -76,14 +76,16 @@ def run_mode(mode: str, args) -> dict:
     if mode == "full":
         train_size = _train_full(config, timer)
     else:
+        import fer.pipeline
         import fer.train
 
         splits = fer_data.load(config.data, seed=config.seed, progress=False)
         train_size = len(splits.train)
         keras.utils.set_random_seed(config.seed)
-        model = fer.train._compiled_model(config)
+        model = fer.train.compile_model(config)
         if mode == "pipeline":
-            train_ds, val_ds, steps = fer.train._datasets(splits, config, config.batch_size)
+            train_ds, val_ds = fer.train.training_datasets(splits, config, config.batch_size)
+            steps = fer.pipeline.batches_per_epoch(len(splits.train), config.batch_size)
             model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
                       callbacks=[timer], verbose=0)
         else:
@@ -98,15 +100,13 @@ def _train_full(config, timer) -> int:
     """fer.train.train into a throwaway SQLite store, with `timer` first among its callbacks."""
     import fer.train
 
-    original = fer.train._callbacks
-    fer.train._callbacks = lambda config: [timer, *original(config)]  # first: see the module docstring
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["FER_CHECKPOINT_DIR"] = f"{tmp}/checkpoints"
         with open(os.devnull, "w") as quiet:  # the run's own report: not this benchmark's output
             stdout, sys.stdout = sys.stdout, quiet
             try:
-                run_id = fer.train.train(config, experiment="benchmark")
+                run_id = fer.train.train(config, experiment="benchmark", callbacks=[timer])  # first: see above
             finally:
                 sys.stdout = stdout
         import mlflow

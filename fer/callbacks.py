@@ -17,6 +17,8 @@ import time
 import keras
 import mlflow
 
+from fer.schedules import epochs_that_fit
+
 
 class LearningRateLogger(keras.callbacks.Callback):
     """Puts the rate the optimizer used in this epoch into the epoch's logs as `learning_rate`.
@@ -91,7 +93,7 @@ class TimeLimit(keras.callbacks.Callback):
         self._epochs += 1
         elapsed = self.clock() - self._started
         next_epoch = elapsed / self._epochs
-        if elapsed + next_epoch > self.seconds:
+        if epochs_that_fit(elapsed, self._epochs, self.seconds) < 1:
             self.stopped_epoch = epoch
             self.model.stop_training = True
             print(

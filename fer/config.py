@@ -24,6 +24,8 @@ PHASES = ("phase1", "phase2")
 MODELS = ("baseline", "final")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
+LR_SCHEDULES = ("plateau", "linear", "cosine")
+TTA_CHOICES = ("none", "flip")
 # What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
 # for schedules keyed on the rate itself (and for tests that force a step).
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy", "learning_rate")
@@ -80,6 +82,11 @@ class TrainConfig:
     val_fraction: float = 0.1
     distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.distribute)
     max_minutes: float = 0.0  # stop after the last epoch that fits in this many minutes; 0: no limit
+    lr_schedule: str = "plateau"  # plateau (reduce_lr below) | linear | cosine (see fer.schedules)
+    warmup_epochs: float = 0.0  # linear / cosine: the rate rises to learning_rate over this many epochs
+    final_lr_fraction: float = 0.01  # linear / cosine: the last step's rate, as a fraction of learning_rate
+    tta: str = "none"  # none | flip: evaluate and serve the mean of the face's and its mirror's predictions
+    checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
     augmentation: Augmentation = Augmentation()
@@ -206,6 +213,17 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"dtype_policy must be one of {', '.join(DTYPE_POLICIES)}; got {config.dtype_policy!r}")
     if config.class_weight not in CLASS_WEIGHTS:
         raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {config.class_weight!r}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {config.lr_schedule!r}")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise ConfigError(f"warmup_epochs must be between 0 and epochs ({config.epochs}); got {config.warmup_epochs}")
+    if not 0 <= config.final_lr_fraction < 1:
+        raise ConfigError(f"final_lr_fraction must be in [0, 1); got {config.final_lr_fraction}")
+    if config.tta not in TTA_CHOICES:
+        raise ConfigError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {config.tta!r}")
+    if config.checkpoint_upload_every < 0:
+        raise ConfigError(f"checkpoint_upload_every must be 0 (on failure only) or a number of epochs; "
+                          f"got {config.checkpoint_upload_every}")
     try:
         LabelMode.parse(config.label_mode)
     except ValueError as err:

@@ -85,6 +85,32 @@ def build_final(num_classes: int = NUM_CLASSES, l2: float = 1e-4) -> keras.Model
 BUILDERS = {"baseline": build_baseline, "final": build_final}
 
 
+@keras.saving.register_keras_serializable(package="fer")
+class HorizontalFlip(layers.Layer):
+    """Mirrors images left to right (always; for the random kind, see keras.layers.RandomFlip)."""
+
+    def call(self, images):
+        return keras.ops.flip(images, axis=-2)  # N x H x W x C: W is the second axis from the end
+
+
+def with_flip_averaging(network: keras.Model) -> keras.Model:
+    """`network` wrapped to predict the mean of a face's and its mirror's probabilities (test-time augmentation).
+
+    The wrapper shares `network`'s weights, takes the same input and returns
+    the same N x 8 probabilities, so it is served and evaluated like the plain
+    network. A saved wrapper loads wherever `fer.models` is imported (it
+    registers `HorizontalFlip`).
+
+    Example:
+        tta = with_flip_averaging(build_model("final"))
+        probabilities = tta.predict(faces)  # == (net(faces) + net(faces[:, :, ::-1])) / 2
+    """
+    inputs = keras.Input(shape=network.input_shape[1:], name="face")
+    mirrored = HorizontalFlip(name="mirror")(inputs)
+    outputs = layers.Average(name="flip_average", dtype="float32")([network(inputs), network(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{network.name}_flip_tta")
+
+
 def build_model(name: str) -> keras.Model:
     """The model called `name` ("baseline" or "final")."""
     if name not in BUILDERS:

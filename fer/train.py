@@ -6,10 +6,12 @@ Read top to bottom, `train` is the whole story of a run:
 2. pipeline: tf.data batches, augmented for training only;
 3. model: build and compile the phase's network;
 4. training: `model.fit` under Keras autologging (params, per-epoch metrics,
-   model summary), with the learning rate recorded every epoch;
+   model summary), with the learning rate recorded every epoch, a checkpoint
+   after every epoch (see `training_callbacks` for the callbacks and their order);
 5. reports: history (JSON and pickle), history plots, best-performance text;
 6. evaluation: test split (validation where there is none): accuracy,
-   macro-F1, per-class metrics, confusion matrix, classification report;
+   macro-F1, per-class metrics, confusion matrix, classification report,
+   through the mirror-averaging model when `tta: flip` (plain figures beside it);
 7. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
 8. model: logged with a signature and an input example, ready for the registry.
@@ -41,19 +43,23 @@ from fer import data as fer_data
 from fer import acceleration, distribute, reports
 from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
-    EpochHistory,
+    CheckpointUpload,
     ResumeError,
-    backup_callback,
-    check_resumable,
+    RunCheckpoint,
+    SavedCheckpoint,
     checkpoint_dir,
     config_of_run,
     fill_metric_gaps,
+    restore,
+    resumable_checkpoint,
+    upload_checkpoint,
 )
 from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
-from fer.models import build_model
+from fer.models import build_model, with_flip_averaging
 from fer.pipeline import batches_per_epoch, make_dataset
+from fer.schedules import BudgetedDecay
 from fer.serving import log_emotion_model
 from fer.tracking import (
     TAG_DATA_SOURCE,
@@ -70,13 +76,27 @@ EVAL_PREFIX = "eval"
 
 
 def train(
-    config: TrainConfig, *, experiment: str | None = None, use_cache: bool = True, resume: str | None = None
+    config: TrainConfig,
+    *,
+    experiment: str | None = None,
+    use_cache: bool = True,
+    resume: str | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> str | None:
     """Train `config` as one MLflow run and return its run id.
 
-    resume: the id of a run that was killed or failed; it continues from its
-    last finished epoch, with its own configuration, in the same MLflow run.
+    Args:
+        config: the resolved configuration (`fer.config.load_config`).
+        experiment: the MLflow experiment (default: `mlflow run`'s, else "fer").
+        use_cache: read and write the decoded-image cache (`fer.data.cache`).
+        resume: the id of a run that was killed or failed; it continues from its
+            last finished epoch, with its own configuration, in the same MLflow run.
+        callbacks: extra Keras callbacks, run before the project's own (benchmarks time epochs this way).
+
     A non-chief worker of a multi-worker cluster logs nothing and returns None.
+
+    Example:
+        run_id = train(load_config("phase2", {"data": "synthetic:400", "epochs": 2}))
     """
     if resume and distribute.worker_count() > 1:
         raise ResumeError(
@@ -88,29 +108,10 @@ def train(
         return None
     configure_tracking(experiment)
     client = MlflowClient()
-    epochs_already_done = 0
-    if resume:
-        epochs_already_done = check_resumable(client, resume)
-        sitting_budget = config.max_minutes
-        config = config_of_run(client, resume)
-        if sitting_budget:  # a time budget belongs to the sitting, not to the recipe: the resume's own wins
-            config = dataclasses.replace(config, max_minutes=sitting_budget)
-        print(f"Resuming run {resume} after epoch {epochs_already_done}, with its original configuration"
-              + (f" and a budget of {sitting_budget:g} minutes for this sitting." if sitting_budget else "."))
-    strategy = distribute.choose_strategy(config)  # before TensorFlow starts its runtime
+    config, resumed = _resume(client, resume, config) if resume else (config, None)
 
-    # 1. Data
-    splits = _load_data(config, use_cache)
-    _print_data_summary(splits)
-
-    # 2. Pipeline: batch_size is per replica, so a step takes batch_size x replicas
-    keras.utils.set_random_seed(config.seed)
-    batch_size = distribute.global_batch_size(config.batch_size, strategy)
-    train_ds, val_ds, steps_per_epoch = _datasets(splits, config, batch_size)
-
-    # 3. Model, its variables mirrored on every replica
-    with strategy.scope():
-        model = _compiled_model(config)
+    # 1-3. Data, pipeline and model (its weights and optimizer state from the checkpoint when resuming)
+    prepared = prepare(config, use_cache, resumed)
 
     # 4. Training, tracked. The model and data sets are logged by hand below:
     # autologging's model has no input example, and its dataset logging would
@@ -120,58 +121,46 @@ def train(
     with mlflow.start_run(run_id=resume, run_name=run_name) as run:
         run_id = run.info.run_id
         if resume:
-            _note_resume(client, run_id, config.max_minutes, first_epoch=epochs_already_done + 1)
+            _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
         else:
-            _log_run_header(config, splits, model, run_name)
-            mlflow.log_params(distribute.params(strategy, config.batch_size))
+            _log_run_header(config, prepared, run_name)
 
         directory = checkpoint_dir(run_id)
-        steering = _callbacks(config)
-        recorder = EpochHistory(directory / "history.json", keep_epochs=epochs_already_done, steering=steering)
-        if resume and (filled := fill_metric_gaps(client, run_id, recorder.history)):
+        run_callbacks = [*(callbacks or []), *training_callbacks(config, prepared.steps_per_epoch, directory, resumed)]
+        # Autologging appends its logger to this very list when fit starts; this finds it there.
+        run_callbacks.append(SkipAutologValidationEcho(run_callbacks))
+        history = next(c for c in run_callbacks if isinstance(c, RunCheckpoint)).history
+        if resumed and (filled := fill_metric_gaps(client, run_id, history)):
             print(f"Logged {filled} metric values that the interrupted sitting had not flushed.")
-        # Order matters (see fer.checkpoints): history file, checkpoint, then MLflow's logger.
-        callbacks = [*steering, recorder, backup_callback(directory)]
-        callbacks.append(SkipAutologValidationEcho(callbacks))
-        callbacks.insert(1, PeakMemory())  # beside the learning rate: before the loggers
         started = time.monotonic()
         try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=config.epochs,
-                steps_per_epoch=steps_per_epoch,
-                # Ignored by Keras for a tf.data input (already batched), but lets
-                # autologging record the batch size (per replica) rather than None.
-                batch_size=config.batch_size,
-                shuffle=False,  # the pipeline shuffles
-                callbacks=callbacks,
-                class_weight=_class_weights(config, splits.train),
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
+            _fit(prepared, config, run_callbacks, initial_epoch=resumed.epoch if resumed else 0)
         except BaseException as err:
-            _log_interrupted(err, recorder.history, config, directory, run_id)
+            _log_interrupted(err, history, config, directory, run_id)
             raise
         mlflow.log_metric("train_seconds", time.monotonic() - started)
-        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(steering))
+        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(run_callbacks))
         # Autologging logs asynchronously; a write it lost (a busy shared store,
         # say) is logged again here from the epoch history, so no value is missing.
         mlflow.flush_async_logging()
-        fill_metric_gaps(client, run_id, recorder.history)
+        fill_metric_gaps(client, run_id, history)
 
         # 5. Reports on the whole history, every sitting of a resumed run included
-        best = _log_history(recorder.history, config)
+        best = _log_history(history, config)
 
-        # 6. Evaluation (across workers, of a copy: the other workers are done)
-        model = distribute.for_chief_alone(model)
-        evaluation = _evaluate(model, splits, batch_size)
+        # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
+        network = distribute.for_chief_alone(prepared.model)
+        served = with_flip_averaging(network) if config.tta == "flip" else network
+        evaluation = _evaluate(served, prepared.splits, prepared.batch_size)
+        if served is not network:  # the plain network's figures too, so the TTA gain is visible
+            _log_plain_evaluation(network, prepared.splits, prepared.batch_size)
 
         # 7. The analysis people used to write by hand, from the run's own numbers
         diagnostics = diagnose_run(run_id, client)
         log_diagnostics(diagnostics)
 
         # 8. The model, ready for pyfunc and the registry
-        _log_model(model, splits.val)
+        _log_model(served, prepared.splits.val)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
@@ -182,6 +171,79 @@ def train(
     return run_id
 
 
+def _resume(client: MlflowClient, run_id: str, config: TrainConfig) -> tuple[TrainConfig, SavedCheckpoint | None]:
+    """The run's own configuration (with this sitting's time budget, if given) and the checkpoint to start from."""
+    resumed = resumable_checkpoint(client, run_id)
+    sitting_budget = config.max_minutes
+    config = config_of_run(client, run_id)
+    if sitting_budget:  # a time budget belongs to the sitting, not to the recipe: the resume's own wins
+        config = dataclasses.replace(config, max_minutes=sitting_budget)
+    done = resumed.epoch if resumed else 0
+    print(f"Resuming run {run_id} after epoch {done}, with its original configuration"
+          + (f" and a budget of {sitting_budget:g} minutes for this sitting." if sitting_budget else "."))
+    return config, resumed
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What training needs, built the same way on the chief and on every other worker."""
+
+    strategy: object
+    splits: Splits
+    batch_size: int  # global: per-replica batch_size x replicas
+    train_ds: object
+    val_ds: object
+    steps_per_epoch: int
+    model: keras.Model
+
+
+def prepare(config: TrainConfig, use_cache: bool = True, resumed: SavedCheckpoint | None = None) -> Prepared:
+    """Steps 1-3 of a run: the data, the tf.data pipeline and the compiled network (restored from `resumed`).
+
+    Example:
+        prepared = prepare(load_config("phase1", {"data": "synthetic:200"}))
+        prepared.model.fit(prepared.train_ds, validation_data=prepared.val_ds,
+                           steps_per_epoch=prepared.steps_per_epoch, epochs=1)
+    """
+    strategy = distribute.choose_strategy(config)  # before TensorFlow starts its runtime
+
+    # 1. Data
+    splits = _load_data(config, use_cache)
+    _print_data_summary(splits)
+
+    # 2. Pipeline: batch_size is per replica, so a step takes batch_size x replicas
+    keras.utils.set_random_seed(config.seed)
+    batch_size = distribute.global_batch_size(config.batch_size, strategy)
+    train_ds, val_ds = training_datasets(splits, config, batch_size)
+
+    # 3. Model, its variables mirrored on every replica
+    with strategy.scope():
+        model = compile_model(config)
+        if resumed:
+            restore(model, resumed)
+    steps = batches_per_epoch(len(splits.train), batch_size)
+    return Prepared(strategy, splits, batch_size, train_ds, val_ds, steps, model)
+
+
+def _fit(prepared: Prepared, config: TrainConfig, callbacks: list, initial_epoch: int = 0):
+    # One endless training dataset with steps_per_epoch on one machine (see training_datasets).
+    repeated = distribute.worker_count() == 1
+    return prepared.model.fit(
+        prepared.train_ds,
+        validation_data=prepared.val_ds,
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=prepared.steps_per_epoch if repeated else None,
+        # Ignored by Keras for a tf.data input (already batched), but lets
+        # autologging record the batch size (per replica) rather than None.
+        batch_size=config.batch_size,
+        shuffle=False,  # the pipeline shuffles
+        callbacks=callbacks,
+        class_weight=_class_weights(config, prepared.splits.train),
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
 def _train_worker(config: TrainConfig, use_cache: bool) -> None:
     """A non-chief worker: the chief's data, model and fit, in lock-step with it, and no MLflow at all.
 
@@ -189,24 +251,9 @@ def _train_worker(config: TrainConfig, use_cache: bool) -> None:
     run's): every worker writes them, as TensorFlow's multi-worker guide asks,
     but only the chief's are kept.
     """
-    strategy = distribute.choose_strategy(config)
-    splits = _load_data(config, use_cache)
-    keras.utils.set_random_seed(config.seed)
-    batch_size = distribute.global_batch_size(config.batch_size, strategy)
-    train_ds, val_ds, steps_per_epoch = _datasets(splits, config, batch_size)
-    with strategy.scope():
-        model = _compiled_model(config)
+    prepared = prepare(config, use_cache)
     with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            shuffle=False,
-            callbacks=[*_callbacks(config), backup_callback(Path(tmp))],
-            class_weight=_class_weights(config, splits.train),
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        _fit(prepared, config, training_callbacks(config, prepared.steps_per_epoch, Path(tmp)))
     print(f"Worker {distribute.task_name()} done; the chief logged the run.")
 
 
@@ -221,22 +268,22 @@ def _load_data(config: TrainConfig, use_cache: bool) -> Splits:
     )
 
 
-def _datasets(splits: Splits, config: TrainConfig, batch_size: int):
-    """Training batches (shuffled, augmented), validation batches (neither), and steps per epoch.
+def training_datasets(splits: Splits, config: TrainConfig, batch_size: int):
+    """Training batches (shuffled, augmented) and validation batches (neither), `batch_size` faces each.
 
-    On one machine the training set is one endless dataset with `steps_per_epoch`, so
-    fit keeps its iterator across epochs (see `make_dataset`). Across workers it stays
-    one epoch per iteration, which tf.distribute shards between them.
+    On one machine the training set is one endless dataset (give fit
+    `steps_per_epoch`), so fit keeps its iterator across epochs (see
+    `make_dataset`). Across workers it stays one epoch per iteration, which
+    tf.distribute shards between them.
     """
     repeat = distribute.worker_count() == 1
     train_ds = make_dataset(
         splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed, repeat=repeat
     )
-    steps = batches_per_epoch(len(splits.train), batch_size) if repeat else None
-    return train_ds, make_dataset(splits.val, batch_size, training=False), steps
+    return train_ds, make_dataset(splits.val, batch_size, training=False)
 
 
-def _compiled_model(config: TrainConfig) -> keras.Model:
+def compile_model(config: TrainConfig) -> keras.Model:
     """The phase's network, compiled, with XLA and mixed precision as configured (`fer.acceleration`).
 
     Build it inside the strategy's scope.
@@ -252,8 +299,9 @@ def _compiled_model(config: TrainConfig) -> keras.Model:
     return model
 
 
-def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run_name: str) -> None:
+def _log_run_header(config: TrainConfig, prepared: Prepared, run_name: str) -> None:
     """Tags, configuration and data of a new run."""
+    splits, model = prepared.splits, prepared.model
     mlflow.set_tags(
         {
             TAG_PHASE: config.phase,
@@ -270,6 +318,7 @@ def _log_run_header(config: TrainConfig, splits: Splits, model: keras.Model, run
     mlflow.log_param("model.dropout_rates", _dropout_rates(model))
     mlflow.log_param("model.parameters", model.count_params())
     mlflow.log_params(acceleration.params(model))
+    mlflow.log_params(distribute.params(prepared.strategy, config.batch_size))
     _log_data(splits)
 
 
@@ -294,8 +343,7 @@ def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, dir
     """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint."""
     if history.get("val_loss"):
         _log_history(history, config)
-    if directory.exists():
-        mlflow.log_artifacts(str(directory), artifact_path="checkpoint")
+    upload_checkpoint(directory)  # so that the run can be resumed on another machine too
     status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
     mlflow.end_run(status)
     print(
@@ -329,37 +377,76 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizers[config.optimizer](learning_rate=config.learning_rate)
 
 
-def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
-    callbacks = [
+def training_callbacks(
+    config: TrainConfig, steps_per_epoch: int, directory: Path, resumed: SavedCheckpoint | None = None
+) -> list[keras.callbacks.Callback]:
+    """The run's callbacks, in the order Keras must call them (every hook calls them first to last).
+
+    1. `LearningRateLogger`, `PeakMemory`: put the epoch's rate and memory into its
+       logs before anything records them, and before ReduceLROnPlateau changes the rate;
+    2. the steering callbacks: the learning-rate schedule, the time limit, early stopping;
+    3. `RunCheckpoint`: after the steering ones (on resume it restores their
+       counters after their own on_train_begin reset them), and before MLflow's
+       logger, which autologging appends (so a kill leaves gaps, never duplicates);
+    4. `CheckpointUpload`, when `checkpoint_upload_every` asks for it.
+    """
+    steering = [*_schedule(config, steps_per_epoch), *_time_limit(config), *_early_stopping(config)]
+    return [
         LearningRateLogger(),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=config.reduce_lr.monitor,
-            factor=config.reduce_lr.factor,
-            patience=config.reduce_lr.patience,
-            min_lr=config.reduce_lr.min_lr,
-            mode=_mode(config.reduce_lr.monitor),
-            verbose=1,
-        ),
+        PeakMemory(),
+        *steering,
+        RunCheckpoint(directory, resumed, steering),
+        *([CheckpointUpload(directory, config.checkpoint_upload_every)] if config.checkpoint_upload_every else []),
     ]
-    if config.max_minutes:
-        callbacks.append(TimeLimit(config.max_minutes))
-    stop = config.early_stopping
-    if stop.enabled:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=stop.monitor,
-                patience=stop.patience,
-                restore_best_weights=stop.restore_best_weights,
-                mode=_mode(stop.monitor),
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int) -> list[keras.callbacks.Callback]:
+    if config.lr_schedule == "plateau":
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=config.reduce_lr.monitor,
+                factor=config.reduce_lr.factor,
+                patience=config.reduce_lr.patience,
+                min_lr=config.reduce_lr.min_lr,
+                mode=_mode(config.reduce_lr.monitor),
                 verbose=1,
             )
+        ]
+    return [
+        BudgetedDecay(
+            config.lr_schedule,
+            config.learning_rate,
+            steps_per_epoch=steps_per_epoch,
+            epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs,
+            final_fraction=config.final_lr_fraction,
+            budget_minutes=config.max_minutes,
         )
-    return callbacks
+    ]
 
 
-def _stopped_by(steering: list[keras.callbacks.Callback]) -> str:
+def _time_limit(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    return [TimeLimit(config.max_minutes)] if config.max_minutes else []
+
+
+def _early_stopping(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    stop = config.early_stopping
+    if not stop.enabled:
+        return []
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor=stop.monitor,
+            patience=stop.patience,
+            restore_best_weights=stop.restore_best_weights,
+            mode=_mode(stop.monitor),
+            verbose=1,
+        )
+    ]
+
+
+def _stopped_by(callbacks: list[keras.callbacks.Callback]) -> str:
     """Why fit ended: "time_limit", "early_stopping", or "epochs" (it ran them all)."""
-    for callback in steering:
+    for callback in callbacks:
         if isinstance(callback, TimeLimit) and callback.stopped_epoch is not None:
             return "time_limit"
         if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
@@ -445,6 +532,14 @@ def _evaluate(model: keras.Model, splits: Splits, batch_size: int) -> reports.Ev
         path = reports.plot_confusion_matrix(evaluation.confusion, EMOTIONS, Path(tmp) / "confusion_matrix.png", title)
         mlflow.log_artifact(str(path), artifact_path="plots")
     return evaluation
+
+
+def _log_plain_evaluation(network: keras.Model, splits: Splits, batch_size: int) -> None:
+    """Accuracy and macro-F1 of the network without test-time augmentation, as `eval_no_tta_*`."""
+    split = getattr(splits, splits.eval_split_name)
+    probabilities = network.predict(make_dataset(split, batch_size, training=False), verbose=0)
+    plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, splits.eval_split_name)
+    mlflow.log_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy, f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
 
 
 def _log_model(model: keras.Model, examples: Split) -> None:

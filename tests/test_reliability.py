@@ -1,6 +1,7 @@
 """Nothing is lost: killed runs resume, interrupted runs keep their state, concurrent runs all finish."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,25 @@ def test_sigkilled_run_resumes_through_mlflow_run_with_no_gap_and_no_duplicate(s
     assert not (tmp_path / "cache" / "checkpoints" / run_id).exists()  # a finished run leaves no checkpoint
 
 
+def test_a_sigkilled_run_resumes_on_a_machine_without_its_checkpoint_folder(store):
+    """checkpoint_upload_every=1 puts each epoch's checkpoint in the run: the local folder is not needed."""
+    uri, client, env, tmp_path = store
+    process = subprocess.Popen([*TRAIN, "--epochs", "5", "--set", "checkpoint_upload_every=1"], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    shutil.rmtree(tmp_path / "cache" / "checkpoints" / run_id)  # "another machine"
+
+    result = subprocess.run([*TRAIN, "--resume", run_id], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "checkpoint from the tracking server" in result.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in PER_EPOCH:
+        assert steps(client, run_id, key) == [0, 1, 2, 3, 4], key
+
+
 def test_resuming_restores_the_learning_rate_state(store, monkeypatch):
     """A forced step before the kill must still be in force after it."""
     uri, client, env, tmp_path = store
@@ -146,14 +166,12 @@ def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch
             if epoch == 2:
                 raise RuntimeError("disk full (simulated)")
 
-    original = fer.train._callbacks
-    monkeypatch.setattr(fer.train, "_callbacks", lambda config: [*original(config), Explode()])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     config = load_config("phase1", {"data": "synthetic:64", "epochs": 5, "batch_size": 32})
     with pytest.raises(RuntimeError, match="disk full"):
-        fer.train.train(config, experiment="failing")
+        fer.train.train(config, experiment="failing", callbacks=[Explode()])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("failing").experiment_id])[0]
     assert run.info.status == "FAILED"
