@@ -179,14 +179,18 @@ def data():
 def inspect(path, label_mode, output, skip_bad):
     """Print per-split class counts and imbalance for PATH; write sample faces and the class distribution."""
     from fer import data as fer_data
-    from fer.data.inspect import describe, plot_overview
+    from fer.data.inspect import describe, figure_path, plot_overview
 
     try:
+        figure_path(output)  # before the data is decoded: a typo in -o should cost a second
+    except DataError as err:
+        raise click.BadParameter(str(err), param_hint="'--output' / '-o'") from None
+    try:
         splits = fer_data.load(path, label_mode=label_mode, skip_bad=skip_bad)
+        click.echo(describe(splits))
+        click.echo(f"Figure: {plot_overview(splits, output)}")
     except DataError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(describe(splits))
-    click.echo(f"Figure: {plot_overview(splits, output)}")
 
 
 if __name__ == "__main__":
