@@ -32,9 +32,10 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from fer import faces as fer_faces
+from fer import images, photo_service
 from fer.data.splits import EMOTIONS
 from fer.data.synthetic import make_faces
-from fer.serving import FaceEmotionModel, find_keras_file, log_service_model
+from fer.photo_service import FaceEmotionModel, find_keras_file, log_service_model
 
 # Where compose_photo pastes its two faces, as boxes: x, y, width, height.
 PASTED = [(30, 60, 96, 96), (190, 50, 112, 112)]
@@ -92,27 +93,27 @@ def test_bytes_base64_and_data_uri_decode_to_the_same_pixels():
     pixels = compose_photo()
     data = png_bytes(pixels)
     for value in (data, b64(data), "data:image/png;base64," + b64(data)):
-        decoded = fer_faces.decode_image(fer_faces.image_bytes(value, allow_paths=False))
+        decoded = images.decode_photo(photo_service.image_bytes(value, allow_paths=False)).gray
         np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_strings_are_base64_or_paths_by_a_fixed_rule():
-    assert fer_faces.is_base64_text(b64(png_bytes(np.zeros((8, 8), np.uint8))))
-    assert fer_faces.is_base64_text("data:image/png;base64,AAAA")
+    assert photo_service.is_base64_text(b64(png_bytes(np.zeros((8, 8), np.uint8))))
+    assert photo_service.is_base64_text("data:image/png;base64,AAAA")
     for path in ("photo.jpg", "/home/me/faces/a_1.png", "C:\\photos\\x.png", "shortNoDots"):
-        assert not fer_faces.is_base64_text(path), path
+        assert not photo_service.is_base64_text(path), path
 
 
 def test_paths_are_refused_unless_allowed(tmp_path):
     photo = tmp_path / "face.png"
     photo.write_bytes(png_bytes(compose_photo()))
-    with pytest.raises(fer_faces.ImageError, match="reading file paths is switched off.*FER_ALLOW_PATHS"):
-        fer_faces.image_bytes(str(photo), allow_paths=False)
-    assert fer_faces.image_bytes(str(photo), allow_paths=True) == photo.read_bytes()
-    with pytest.raises(fer_faces.ImageError, match="is not a file"):
-        fer_faces.image_bytes(str(tmp_path / "missing.png"), allow_paths=True)
-    with pytest.raises(fer_faces.ImageError, match="is not a file"):
-        fer_faces.image_bytes(str(tmp_path), allow_paths=True)
+    with pytest.raises(images.ImageError, match="reading file paths is switched off.*FER_ALLOW_PATHS"):
+        photo_service.image_bytes(str(photo), allow_paths=False)
+    assert photo_service.image_bytes(str(photo), allow_paths=True) == photo.read_bytes()
+    with pytest.raises(images.ImageError, match="is not a file"):
+        photo_service.image_bytes(str(tmp_path / "missing.png"), allow_paths=True)
+    with pytest.raises(images.ImageError, match="is not a file"):
+        photo_service.image_bytes(str(tmp_path), allow_paths=True)
 
 
 @pytest.mark.parametrize(
@@ -120,44 +121,45 @@ def test_paths_are_refused_unless_allowed(tmp_path):
     [
         (b"", "empty"),
         (b"GIF89a but not really", "not an image file"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image file|cannot be decoded|not a readable image"),
-        (png_bytes(compose_photo())[:300], "cannot be decoded"),  # truncated after the header
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image file|corrupt or truncated"),
+        (png_bytes(compose_photo())[:300], "the PNG image is corrupt or truncated"),  # truncated after the header
     ],
 )
 def test_non_images_are_refused_clearly(data, message):
-    with pytest.raises(fer_faces.ImageError, match=message):
-        fer_faces.decode_image(data)
+    with pytest.raises(images.ImageError, match=message):
+        images.decode_photo(data)
 
 
 def test_size_limits_are_checked_before_decoding():
     data = png_bytes(np.zeros((100, 120), np.uint8))
-    with pytest.raises(fer_faces.ImageError, match="120 x 100 pixels; the limit is 11,999"):
-        fer_faces.decode_image(data, max_pixels=11_999)
-    with pytest.raises(fer_faces.ImageError, match=f"{len(data):,} bytes; the limit is 10"):
-        fer_faces.decode_image(data, max_bytes=10)
+    with pytest.raises(images.ImageError, match="120 x 100 pixels; the limit is 11,999"):
+        images.decode_photo(data, max_pixels=11_999)
+    with pytest.raises(images.ImageError, match=f"{len(data):,} bytes; the limit is 10"):
+        images.decode_photo(data, max_bytes=10)
     # An 8000x6000 black PNG is a small file but 48 MP: refused from its header.
     bomb = png_bytes(np.zeros((6000, 8000), np.uint8))
-    assert len(bomb) < fer_faces.MAX_IMAGE_BYTES
-    with pytest.raises(fer_faces.ImageError, match="8000 x 6000 pixels"):
-        fer_faces.decode_image(bomb)
+    assert len(bomb) < images.MAX_IMAGE_BYTES
+    with pytest.raises(images.ImageError, match="8000 x 6000 pixels"):
+        images.decode_photo(bomb)
 
 
 def test_bad_base64_is_refused_clearly():
-    with pytest.raises(fer_faces.ImageError, match="invalid base64"):
-        fer_faces.decode_base64("A" * 65)
-    with pytest.raises(fer_faces.ImageError, match="the limit is 1,000"):
-        fer_faces.decode_base64("A" * 2000, max_bytes=1000)
-    with pytest.raises(fer_faces.ImageError, match="data: URI must be"):
-        fer_faces.decode_base64("data:image/png," + "A" * 64)
+    with pytest.raises(images.ImageError, match="invalid base64"):
+        photo_service.decode_base64("A" * 65)
+    with pytest.raises(images.ImageError, match="the limit is 1,000"):
+        photo_service.decode_base64("A" * 2000, max_bytes=1000)
+    with pytest.raises(images.ImageError, match="data: URI must be"):
+        photo_service.decode_base64("data:image/png," + "A" * 64)
 
 
-def test_crop_faces_resizes_and_clips():
+def test_crop_faces_cuts_clips_and_resizes_as_training_does():
     gray = np.arange(200 * 300, dtype=np.int64).reshape(200, 300).astype(np.uint8)
     crops = fer_faces.crop_faces(gray, [(10, 20, 96, 96), (280, 180, 50, 50), (0, 0, 24, 24)])
     assert crops.shape == (3, 48, 48) and crops.dtype == np.uint8
-    # A 96 px box shrinks 2:1 by averaging 2x2 blocks.
-    expected = gray[20:116, 10:106].astype(float).reshape(48, 2, 48, 2).mean(axis=(1, 3))
-    assert np.abs(crops[0] - expected).max() <= 1
+    # Each crop is what training makes of that part of the image saved as a file; the
+    # second box is clipped to the image's bottom-right corner first.
+    for crop, (top, bottom, left, right) in zip(crops, [(20, 116, 10, 106), (180, 200, 280, 300), (0, 24, 0, 24)]):
+        np.testing.assert_array_equal(crop, images.decode_face(png_bytes(gray[top:bottom, left:right])))
     with pytest.raises(ValueError, match="outside"):
         fer_faces.crop_faces(gray, [(400, 10, 20, 20)])
 
@@ -234,7 +236,7 @@ def test_model_is_logged_with_output_schema_and_photo_example(served):
     assert model.metadata.get_input_schema() is None  # both input kinds reach predict
     assert model.metadata.get_output_schema().input_names() == ["image", "box", "emotion", *EMOTIONS]
     example = model.metadata.load_input_example(mlflow.artifacts.download_artifacts(uri))
-    assert list(example.columns) == ["image"] and fer_faces.is_base64_text(example["image"][0])
+    assert list(example.columns) == ["image"] and photo_service.is_base64_text(example["image"][0])
     requirements = Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt"
     assert "opencv-python-headless" in requirements.read_text()
 
@@ -311,7 +313,7 @@ def test_photo_without_face_gives_a_null_row(served):
         (pd.DataFrame({"image": [b"\x00garbage bytes"]}), "image row 0: not an image file"),
         (pd.DataFrame({"image": ["A" * 65]}), "image row 0: invalid base64"),
         (pd.DataFrame({"image": ["not base64 at all!"]}), "is not base64 .* switched off"),
-        (pd.DataFrame({"image": ["A" * (fer_faces.MAX_IMAGE_BYTES // 3 * 4 + 400)]}), "the limit is 10,485,760"),
+        (pd.DataFrame({"image": ["A" * (images.MAX_IMAGE_BYTES // 3 * 4 + 400)]}), "the limit is 10,485,760"),
         (pd.DataFrame({"image": [None]}), "expected image bytes, a base64 string or a file path, got an empty"),
         (pd.DataFrame({"image": pd.array([pd.NA], dtype="string")}), "got an empty cell"),
         (pd.DataFrame({"path": ["x"]}), "exactly one column 'image'"),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.data._bad import BadImage, BadItems, Progress, csv_rows, iterate, parse_votes, read_face, require_dir
+from fer.data._bad import BadImage, BadItems, Progress, csv_rows, iterate, parse_votes, require_dir
+from fer.images import read_face
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
 
 SOURCE = "ferplus"
