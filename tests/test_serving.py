@@ -302,6 +302,61 @@ def test_photo_without_face_gives_a_null_row(served):
     assert result["box"][1] == [0, 0, 48, 48] and result["emotion"][1] in EMOTIONS
 
 
+def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_strip_photos_give_a_no_face_row_not_an_error(served):
+    # A 3000x1 or 1x5000 photo made OpenCV fail (cv2.error) inside face detection.
+    require_detector()
+    _, _, model = served
+    strips = [png_bytes(np.full((1, 3000), 100, np.uint8)), png_bytes(np.full((5000, 1), 100, np.uint8))]
+    result = model.predict(pd.DataFrame({"image": strips}))
+    assert result["image"].tolist() == [0, 1]
+    assert result["box"].tolist() == [None, None] and result["emotion"].tolist() == [None, None]
+
+
+@pytest.mark.slow
+def test_a_large_photo_is_searched_shrunk_and_boxes_are_in_its_own_pixels(served):
+    require_detector()
+    _, _, model = served
+    scale = 10  # 3200 x 2400: decoded at a reduced scale, searched at 640 px a side
+    large = np.asarray(Image.fromarray(compose_photo()).resize(
+        (PHOTO_SIZE[0] * scale, PHOTO_SIZE[1] * scale), Image.Resampling.BICUBIC
+    ))
+    result = model.predict(pd.DataFrame({"image": [jpeg_bytes(large)]}))
+    boxes = [[v / scale for v in box] for box in result["box"]]
+    assert matches_pasted(boxes), result["box"].tolist()
+
+
+@pytest.mark.slow
+def test_a_16_bit_face_gets_the_same_answer_as_its_8_bit_original(served):
+    # PIL's own 16-bit -> 8-bit conversion clips: the service saw a 16-bit face as white.
+    _, _, model = served
+    face = make_faces(1, seed=5)[0][0]
+    eight, sixteen = png_bytes(face), png_bytes(face.astype(np.uint16) * 257)
+    result = model.predict(pd.DataFrame({"image": [eight, sixteen]}))
+    assert result["image"].tolist() == [0, 1] and result["emotion"][0] is not None
+    first, second = result.iloc[[0]].reset_index(drop=True), result.iloc[[1]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(second.drop(columns="image"), first.drop(columns="image"))
+
+
+@pytest.mark.slow
+def test_a_path_to_a_non_image_file_is_refused_without_its_contents(served, tmp_path, monkeypatch):
+    _, _, model = served
+    secret = tmp_path / "credentials.txt"
+    secret.write_text("db_password=SECRET-VALUE-1234\n" * 40)
+    monkeypatch.setenv("FER_ALLOW_PATHS", "1")
+    with pytest.raises(MlflowException) as caught:
+        model.predict(pd.DataFrame({"image": [str(secret)]}))
+    message = caught.value.message
+    assert message.startswith("image row 0: not an image file"), message
+    assert "SECRET" not in message and "db_password" not in message and f"{secret.stat().st_size:,}" not in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_input, message",
@@ -456,6 +511,8 @@ def test_server_takes_face_arrays_and_reports_no_face_as_null(server):
         ({"inputs": np.zeros((1, 40, 40)).tolist()}, "got shape \\(1, 40, 40\\)"),
         ({"inputs": [[1, 2], [3]]}, ""),  # ragged: MLflow's own parser refuses it
         ({"dataframe_split": {"columns": ["photo"], "data": [["x"]]}}, "exactly one column 'image'"),
+        ({"dataframe_records": [{"image": b64(png_bytes(compose_photo())[:300])}]},
+         "^image row 0: the PNG image is corrupt or truncated"),
     ],
 )
 def test_server_answers_bad_requests_with_400_and_a_message(server, payload, message):
@@ -463,6 +520,19 @@ def test_server_answers_bad_requests_with_400_and_a_message(server, payload, mes
     assert status == 400, (status, body)
     assert isinstance(body, dict) and body.get("error_code") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), body
     assert re.search(message, body["message"]), body["message"][:500]
+    assert "stack_trace" not in body, body["stack_trace"][:300]
+    if message:  # ours, as the model wrote it: one line, not MLflow's "Failed to predict data '<input>'"
+        assert body["message"].startswith(("image row 0: ", "expected ", "a DataFrame")), body["message"][:300]
+        assert "\n" not in body["message"] and len(body["message"]) < 500, body["message"][:300]
+
+
+@pytest.mark.slow
+def test_server_answers_a_strip_photo_with_no_face(server):
+    require_detector()
+    strip = b64(png_bytes(np.full((1, 3000), 100, np.uint8)))
+    status, body = invoke(server, {"dataframe_records": [{"image": strip}]})
+    assert status == 200, body
+    assert body["predictions"] == [{"image": 0, "box": None, "emotion": None, **dict.fromkeys(EMOTIONS)}]
 
 
 @pytest.mark.slow
@@ -512,6 +582,24 @@ def test_cli_predict_reports_bad_model_and_bad_file_without_traceback(served, tm
     bad = CliRunner().invoke(main, ["predict", "--model", uri, str(junk)])
     assert bad.exit_code == 1 and f"{junk}: not an image file" in bad.output, bad.output
     assert "1 of 1 images could not be used" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_cli_predict_reports_a_bad_photo_and_goes_on_with_the_rest(served, tmp_path):
+    require_detector()
+    from fer.cli import main
+
+    uri, _, _ = served
+    strip, junk, group = tmp_path / "strip.png", tmp_path / "junk.jpg", tmp_path / "group.png"
+    strip.write_bytes(png_bytes(np.full((1, 3000), 100, np.uint8)))
+    junk.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    group.write_bytes(png_bytes(compose_photo()))
+    result = CliRunner().invoke(main, ["predict", "--model", uri, str(strip), str(junk), str(group)])
+    assert result.exit_code == 1, result.output
+    assert f"{strip}\tno face found" in result.output
+    assert re.search(f"Error: {re.escape(str(junk))}: (not an image file|the image is corrupt)", result.output)
+    assert len([line for line in result.output.splitlines() if line.startswith(f"{group}\tbox=")]) == 2
+    assert "1 of 3 images could not be used" in result.output and "Traceback" not in result.output
 
 
 def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
