@@ -29,10 +29,9 @@ from fer.data.splits import IMAGE_SIZE
 from fer.images import face_from_gray
 
 SMALL_IMAGE = 64
-# The cascade's cost grows with the pixels it scans (about 0.27 s at 1024x1024,
-# benchmarks/serving_load.py --detection); 640 px a side keeps one photo's
-# detection well under 0.2 s while a face of a tenth of the photo's side still
-# measures 64 px there.
+# The cascade's cost grows with the pixels it scans: 640 px a side (VGA, what the
+# cascade was made for) costs about 0.4x of 1024 (benchmarks/serving_load.py
+# --detection), and a face a tenth of the photo's side still measures 64 px there.
 DETECT_MAX_SIDE = 640
 MIN_FACE = 24  # pixels a side, in the image the cascade scans
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
