@@ -614,3 +614,22 @@ def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
         assert probabilities.dtype == np.float32 and probabilities.shape == (count, 8)
         np.testing.assert_allclose(probabilities, expected[:count], rtol=1e-4, atol=1e-6)
     assert forward(network, faces[:0]).shape == (0, 8)
+
+
+@pytest.mark.slow
+def test_training_pyfunc_refuses_bad_faces_with_the_service_models_check(store):
+    from fer.models import build_model
+    from fer.serving import log_emotion_model
+
+    faces, _ = make_faces(3, seed=6)
+    with mlflow.start_run():
+        info = log_emotion_model(build_model("baseline"), faces[:1, ..., np.newaxis].astype(np.float32))
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert model.predict(faces[..., np.newaxis].astype(np.float32)).shape == (3, 8)
+    for bad, message in [
+        (np.full((1, 48, 48, 1), 300.0, np.float32), "finite and within 0-255"),
+        (np.full((1, 48, 48, 1), np.nan, np.float32), "finite and within 0-255"),
+    ]:
+        with pytest.raises(MlflowException, match=message) as caught:
+            model.predict(bad)
+        assert caught.value.get_http_status_code() == 400
