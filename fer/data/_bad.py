@@ -1,18 +1,17 @@
-"""Shared by the file-based loaders: bad-item bookkeeping, CSV reading and face decoding.
+"""Shared by the file-based loaders: bad-item bookkeeping and CSV reading (images: `fer.images`).
 
 A loader makes one `BadItems` per load, reports every unusable image or row to
 it during the pass, and calls `raise_if_any()` at the end: with skip_bad=False
 that fails once, listing the first few problems and the total; with
 skip_bad=True the problems are kept and returned in `Splits.bad`.
 
-Errors from PIL, numpy, the csv module or the file system never escape raw:
+Errors from numpy, the csv module or the file system never escape raw:
 they become a `DataError` (or a `BadImage` reason) that names the file.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import os
 import stat
@@ -20,19 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from fer.data.splits import IMAGE_SIZE, BadItem, DataError
+from fer.data.splits import BadItem, DataError
+from fer.images import ImageError
 
 # How many bad items a failing load lists before "... and N more".
 MAX_LISTED = 5
-
-# Pillow's BILINEAR resize widens its kernel by the scale factor when it
-# shrinks an image, so every source pixel contributes (area-like averaging, no
-# aliasing, unlike OpenCV's INTER_LINEAR); when it enlarges a small face it
-# interpolates smoothly, where BOX / AREA would give blocky pixels. One filter
-# that is right in both directions.
-RESAMPLE = Image.Resampling.BILINEAR
 
 SKIP_HINT = "or load with skip_bad=True (CLI: --skip-bad) to leave them out and count them in Splits.bad"
 
@@ -91,8 +83,9 @@ def not_a_regular_file(path: Path) -> str | None:
     return f"is {kind}, not a regular file; it was not opened"
 
 
-class BadImage(Exception):
-    """One image that cannot be used; str(err) says why (without the file name)."""
+# One image that cannot be used; str(err) says why (without the file name). The
+# decoder's own error, under the name the loaders catch.
+BadImage = ImageError
 
 
 class BadItems:
@@ -214,75 +207,6 @@ def count_lines(path: Path) -> int:
     except OSError as err:
         raise _cannot_read(path, err) from err
     return count + (last != b"\n")
-
-
-def read_face(path: Path, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
-    """The image at `path` as a uint8 48x48 grayscale face; BadImage(reason) if it cannot be."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadImage("the image file is missing") from None
-    except IsADirectoryError:
-        raise BadImage("is a folder, not an image file") from None
-    except OSError as err:
-        raise BadImage(f"cannot read the file ({err.strerror or err})") from err
-    if not data:
-        raise BadImage("the file is empty (0 bytes)")
-    return decode_face(data, box=box, exif=exif)
-
-
-def decode_face(data: bytes, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
-    """Encoded image bytes -> uint8 48x48 grayscale; BadImage(reason) if they are not a usable image.
-
-    Any size and mode: colour, alpha and palette images are converted to luma
-    ("L"), 16-bit and 32-bit ones scaled down to 8 bits, then resized to 48x48.
-    `box` (left, top, right, bottom) crops first, where it is not the whole image.
-    `exif` applies the EXIF orientation (phone photos).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            full = (0, 0, *image.size)
-            if image.mode == "L" and image.size == (IMAGE_SIZE, IMAGE_SIZE) and box in (None, full) and not exif:
-                return np.asarray(image)  # the FER+ case: 48x48 8-bit grayscale PNG
-            if box is not None and box != full:
-                left, top, right, bottom = box
-                if not (0 <= left < right <= image.width and 0 <= top < bottom <= image.height):
-                    raise BadImage(f"face box {box} does not lie inside the {image.width}x{image.height} image")
-            elif image.format == "JPEG" and min(image.size) > 2 * IMAGE_SIZE and not exif:
-                image.draft("L", (IMAGE_SIZE, IMAGE_SIZE))  # decode big JPEGs at a reduced scale: much faster
-            if exif:
-                image = ImageOps.exif_transpose(image)
-            if box is not None and box != full:
-                image = image.crop(box)
-            gray = _to_gray8(image)
-            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
-            return np.asarray(gray, dtype=np.uint8)
-    except BadImage:
-        raise
-    except Image.UnidentifiedImageError as err:
-        raise BadImage("not an image PIL can read (unknown format or corrupt header)") from err
-    except Image.DecompressionBombError as err:
-        raise BadImage(f"image is too large to decode safely ({err})") from err
-    except MemoryError:
-        raise
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on corrupt data
-        raise BadImage(f"corrupt or truncated image ({type(err).__name__}: {err})") from err
-
-
-def _to_gray8(image: Image.Image) -> Image.Image:
-    """8-bit grayscale. PIL's own I;16 -> L conversion clips at 255, so wide modes are scaled here."""
-    if image.mode == "L":
-        return image
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.rint(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8), "L")
-    if image.mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8), "L")
-    return image.convert("L")
 
 
 def parse_votes(cells: list[str]) -> np.ndarray:

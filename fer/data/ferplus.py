@@ -27,11 +27,11 @@ from fer.data._bad import (
     not_a_regular_file,
     parse_votes,
     printable,
-    read_face,
     require_dir,
     require_file,
     shown,
 )
+from fer.images import read_face
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
 
 SOURCE = "ferplus"
