@@ -143,7 +143,7 @@ def diagnose(run_id):
               help="Also write each photo with its faces boxed and labelled to OUT_DIR/<name>.annotated.png.")
 def predict(model_uri, images, annotate_dir):
     """Find the faces in each IMAGE and print one line per face: box, emotion, probabilities."""
-    from fer.serving import PredictError, annotate_file, describe_faces, load_service_model, predict_file
+    from fer.predict import PredictError, load_service_model, predict_files
     from fer.tracking import configure_tracking
 
     try:
@@ -151,17 +151,7 @@ def predict(model_uri, images, annotate_dir):
         model = load_service_model(model_uri)
     except (PredictError, TrackingServerError) as err:
         raise click.ClickException(str(err)) from None
-    failed = 0
-    for path in images:
-        try:
-            faces = predict_file(model, path)
-            for line in describe_faces(path, faces):
-                click.echo(line)
-            if annotate_dir:
-                click.echo(f"{path}\tannotated: {annotate_file(path, faces, annotate_dir)}")
-        except PredictError as err:  # one bad photo should not hide the others' results
-            click.echo(f"Error: {err}", err=True)
-            failed += 1
+    failed = predict_files(model, images, annotate_dir, click.echo, lambda line: click.echo(line, err=True))
     if failed:
         raise click.ClickException(f"{failed} of {len(images)} images could not be used (see above).")
 
@@ -179,14 +169,18 @@ def data():
 def inspect(path, label_mode, output, skip_bad):
     """Print per-split class counts and imbalance for PATH; write sample faces and the class distribution."""
     from fer import data as fer_data
-    from fer.data.inspect import describe, plot_overview
+    from fer.data.inspect import describe, figure_path, plot_overview
 
     try:
+        figure_path(output)  # before the data is decoded: a typo in -o should cost a second
+    except DataError as err:
+        raise click.BadParameter(str(err), param_hint="'--output' / '-o'") from None
+    try:
         splits = fer_data.load(path, label_mode=label_mode, skip_bad=skip_bad)
+        click.echo(describe(splits))
+        click.echo(f"Figure: {plot_overview(splits, output)}")
     except DataError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(describe(splits))
-    click.echo(f"Figure: {plot_overview(splits, output)}")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
-"""Faces from photos: decode image bytes, base64 or files to grayscale, find faces, crop them to 48x48.
+"""Faces in photos: find them, cut them out at 48x48, draw them.
 
-Used by the photo-capable served model (`fer.serving.FaceEmotionModel`) and by
-`fer predict`. Everything a request can send passes through here first, so the
-limits live here too:
-
-- MAX_IMAGE_BYTES: an encoded image (file, bytes or decoded base64) larger
-  than this is refused before it is decoded;
-- MAX_IMAGE_PIXELS: an image whose header announces more pixels than this is
-  refused before its pixels are decoded (a small file can unpack to gigabytes:
-  a "decompression bomb").
+Used by the photo-capable served model (`fer.photo_service.FaceEmotionModel`)
+and by `fer predict`, on photos decoded by `fer.images.decode_photo`.
 
 Faces are found with OpenCV's frontal-face Haar cascade, on a copy shrunk to
-DETECT_MAX_SIDE so a large photo costs no more than a small one; boxes come
-back in the photo's own pixels. An image of at most SMALL_IMAGE pixels a side
-in which no face is found is taken to be a face already cropped, and its box
-is the whole image.
+DETECT_MAX_SIDE a side, whatever the image's shape (a 3000x1 strip included);
+boxes come back in the image's own pixels. An image of at most SMALL_IMAGE
+pixels a side in which no face is found is taken to be a face already cropped,
+and its box is the whole image. Crops are resized by `fer.images.face_from_gray`,
+the very function training data goes through.
 
 The Haar cascade needs OpenCV 4: OpenCV 5 moved `CascadeClassifier` to
 opencv-contrib and its wheels ship no cascade files (opencv/opencv#25198,
@@ -24,154 +18,29 @@ opencv/opencv-python#1244). Under OpenCV 5 `detect_faces` raises
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import io
-import re
 import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from fer.data.splits import IMAGE_SIZE
+from fer.images import face_from_gray
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000  # e.g. 8000 x 5000; phone photos are 12-50 MP
 SMALL_IMAGE = 64
-DETECT_MAX_SIDE = 1024
+# The cascade's cost grows with the pixels it scans: 640 px a side (VGA, what the
+# cascade was made for) costs about 0.4x of 1024 (benchmarks/serving_load.py
+# --detection), and a face a tenth of the photo's side still measures 64 px there.
+DETECT_MAX_SIDE = 640
+MIN_FACE = 24  # pixels a side, in the image the cascade scans
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
-
-# Standard base64 (RFC 4648 section 4, what base64.b64encode writes), whitespace allowed.
-_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
-# The smallest real image files are some tens of bytes; a path is rarely this
-# long with no '.', '_', '-' or space in it.
-MIN_BASE64_CHARS = 64
 
 Box = tuple[int, int, int, int]  # x, y, width, height in image pixels
 
 
-class ImageError(ValueError):
-    """An input that is not a usable image: the message says which and what to send instead."""
-
-
 class FaceDetectorUnavailable(RuntimeError):
     """This OpenCV cannot run the Haar cascade (see the module docstring)."""
-
-
-# ---------------------------------------------------------------------------
-# Decoding
-
-
-def is_base64_text(text: str) -> bool:
-    """True when `text` is to be read as base64 rather than as a file path.
-
-    That is: a `data:` URI, or at least MIN_BASE64_CHARS characters all from the
-    standard base64 alphabet (whitespace ignored). Any other string is a path.
-    """
-    text = text.strip()
-    if text.startswith("data:"):
-        return True
-    return len(text) >= MIN_BASE64_CHARS and _BASE64_TEXT.fullmatch(text) is not None
-
-
-def decode_base64(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes `text` encodes (standard base64, or a `data:...;base64,` URI), checked for size first."""
-    text = text.strip()
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise ImageError("a data: URI must be 'data:<type>;base64,<base64 of the image file>'")
-    text = "".join(text.split())
-    if len(text) // 4 * 3 > max_bytes:  # refuse before allocating the decoded copy
-        raise ImageError(f"the base64 image encodes about {len(text) // 4 * 3:,} bytes; the limit is {max_bytes:,}")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ImageError(
-            f"invalid base64 ({err}): send the image file's bytes encoded with standard base64 "
-            "(base64.b64encode), not URL-safe base64, and not truncated"
-        ) from None
-
-
-def read_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of the file at `path`, refusing anything but a regular file of at most `max_bytes`."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise ImageError(f"{path} is not a file (missing, a folder, or not readable): give the path of a photo")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageError(f"{path} is {size:,} bytes; the limit for one image is {max_bytes:,}")
-        return path.read_bytes()
-    except OSError as err:
-        raise ImageError(f"cannot read {path}: {err.strerror or err}") from None
-
-
-def open_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """The image encoded in `data`, upright (EXIF orientation applied) and fully decoded.
-
-    Only the header is read before the size check, so an oversized image is
-    refused without decoding its pixels.
-    """
-    if len(data) > max_bytes:
-        raise ImageError(f"the image is {len(data):,} bytes; the limit is {max_bytes:,}")
-    if not data:
-        raise ImageError("the image is empty (0 bytes)")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageError(
-            f"not an image file ({len(data):,} bytes starting {data[:8]!r}): send a JPEG, PNG, BMP, GIF, "
-            "TIFF or WebP file's bytes"
-        ) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"not a readable image: {err}") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"the image is {width} x {height} pixels; the limit is {max_pixels:,} pixels: shrink it first")
-    try:
-        image.load()
-        return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # truncated or corrupt
-        raise ImageError(f"the {image.format or ''} image cannot be decoded: {err}") from None
-
-
-def to_gray(image: Image.Image) -> np.ndarray:
-    """uint8 H x W grayscale pixels of a PIL image."""
-    return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Grayscale uint8 H x W pixels of the image file in `data` (see `open_image` for the checks)."""
-    return to_gray(open_image(data, max_bytes, max_pixels))
-
-
-def image_bytes(value, allow_paths: bool) -> bytes:
-    """The encoded image a request gave: raw bytes, base64 text, or (when allowed) a file path."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if not isinstance(value, str):
-        # None, NaN and pd.NA are how DataFrames spell an empty cell.
-        empty = value is None or isinstance(value, float) or type(value).__name__ == "NAType"
-        raise ImageError(
-            "expected image bytes, a base64 string or a file path, got "
-            + ("an empty cell" if empty else type(value).__name__)
-        )
-    if is_base64_text(value):
-        return decode_base64(value)
-    if not allow_paths:
-        raise ImageError(
-            f"{_preview(value)} is not base64 (base64 text is at least {MIN_BASE64_CHARS} characters of "
-            "A-Z a-z 0-9 + / =) and reading file paths is switched off here; send the image as "
-            "base64 of its file bytes (the server operator can allow paths with FER_ALLOW_PATHS=1)"
-        )
-    return read_image_file(value)
-
-
-def _preview(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 # ---------------------------------------------------------------------------
@@ -212,21 +81,33 @@ def face_detector_available() -> bool:
     return True
 
 
-def detect_faces(gray: np.ndarray, min_size: int = 24) -> list[Box]:
-    """Frontal faces in a uint8 grayscale image, as (x, y, w, h) in its pixels, largest first.
+def detect_faces(gray: np.ndarray, min_size: int = MIN_FACE) -> list[Box]:
+    """Frontal faces in a uint8 grayscale H x W image, as (x, y, w, h) in its pixels, largest first.
 
+    Any shape works: the cascade scans a copy of at most DETECT_MAX_SIDE a
+    side, and an image (or copy) narrower than `min_size` has no face to find.
     Raises FaceDetectorUnavailable when OpenCV cannot run the cascade.
     """
     import cv2
 
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"detect_faces needs a uint8 H x W grayscale image, got {gray.dtype} of shape {gray.shape}")
     classifier = _cascade()
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-    small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    height, width = gray.shape
+    scale = min(1.0, DETECT_MAX_SIDE / max(height, width, 1))
+    # Rounded and at least 1: a 3000x1 strip would otherwise ask OpenCV for a 0-pixel side.
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if min(size) < min_size:
+        return []
+    small = gray if size == (width, height) else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    scale_x, scale_y = width / size[0], height / size[1]
     with _cascade_lock:
-        found = classifier.detectMultiScale(
-            small, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size)
-        )
-    boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
+        found = classifier.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
+    boxes = [
+        (round(x * scale_x), round(y * scale_y), round(w * scale_x), round(h * scale_y))
+        for x, y, w, h in np.asarray(found).reshape(-1, 4).tolist()
+    ]
     return _drop_nested(sorted(boxes, key=lambda b: b[2] * b[3], reverse=True))
 
 
@@ -265,12 +146,11 @@ def find_faces(gray: np.ndarray) -> list[Box]:
 
 
 def crop_faces(gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
-    """The faces in `boxes`, each cut from `gray` and resized to uint8 48x48: N x 48 x 48.
+    """The faces in `boxes` (x, y, w, h), each cut from `gray` and resized to uint8 48x48: N x 48 x 48.
 
-    Boxes are clipped to the image; one that falls wholly outside is an error.
+    Boxes are clipped to the image; one that falls wholly outside is a
+    ValueError. Resizing is `fer.images.face_from_gray`, as for training data.
     """
-    import cv2
-
     crops = np.empty((len(boxes), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     height, width = gray.shape
     for i, (x, y, w, h) in enumerate(boxes):
@@ -278,11 +158,7 @@ def crop_faces(gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
         x1, y1 = min(int(x + w), width), min(int(y + h), height)
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"box {(x, y, w, h)} lies outside the {width} x {height} image")
-        face = gray[y0:y1, x0:x1]
-        # Area averaging when shrinking avoids aliasing; it is no good for enlarging.
-        shrink = min(face.shape) >= IMAGE_SIZE
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        crops[i] = cv2.resize(face, (IMAGE_SIZE, IMAGE_SIZE), interpolation=interpolation)
+        crops[i] = face_from_gray(gray, (x0, y0, x1, y1))
     return crops
 
 

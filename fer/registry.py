@@ -141,7 +141,7 @@ def promote(
 
 
 def _log_service_model(source_run_id: str):
-    from fer.serving import find_keras_file, log_service_model
+    from fer.photo_service import find_keras_file, log_service_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = mlflow.artifacts.download_artifacts(f"runs:/{source_run_id}/model", dst_path=tmp)

@@ -109,7 +109,8 @@ def test_a_corrupt_cache_entry_is_replaced_not_trusted(tree, tmp_path, count_dec
     load(tree, cache_dir=cache_dir, progress=False)
     entry = next(cache_dir.glob("*.npz"))
     entry.write_bytes(b"not a zip file")
-    splits = load(tree, cache_dir=cache_dir, progress=False)
+    with pytest.warns(cache.CacheWarning, match=entry.name):
+        splits = load(tree, cache_dir=cache_dir, progress=False)
     assert len(count_decodes) == 2 and len(splits.train) == 12
 
 
@@ -171,10 +172,23 @@ def test_fingerprint_is_unchanged_so_existing_cache_entries_still_hit(tmp_path):
     for name in ("train/happy/b.png", "train/happy/a.png", "train/Sad/c.png", "val/x.png", ".hidden", "Z.csv"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(name.encode())
-    (root / "folder-link").symlink_to(root / "train", target_is_directory=True)  # not entered
     (root / "file-link.csv").symlink_to(root / "Z.csv")  # a file: counted
     options = {"kind": "folders", "label_mode": "majority"}
     assert cache.fingerprint([root], options) == _pathlib_fingerprint([root], options)
     assert cache.fingerprint([root / "Z.csv"], options) == _pathlib_fingerprint([root / "Z.csv"], options)
     (root / "train/Sad/c.png").write_bytes(b"changed, and longer")
     assert cache.fingerprint([root], options) == _pathlib_fingerprint([root], options)
+
+
+def test_fingerprint_follows_linked_folders_as_the_loader_does(tmp_path):
+    root = tmp_path / "faces"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes(b"a")
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "happy").symlink_to(elsewhere, target_is_directory=True)
+    (root / "train" / "loop").symlink_to(root, target_is_directory=True)  # a cycle: walked once, not forever
+    options = {"kind": "folders"}
+    before = cache.fingerprint([root], options)
+    (elsewhere / "b.png").write_bytes(b"b")
+    assert cache.fingerprint([root], options) != before

@@ -32,9 +32,10 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from fer import faces as fer_faces
+from fer import images, photo_service
 from fer.data.splits import EMOTIONS
 from fer.data.synthetic import make_faces
-from fer.serving import FaceEmotionModel, find_keras_file, log_service_model
+from fer.photo_service import FaceEmotionModel, find_keras_file, log_service_model
 
 # Where compose_photo pastes its two faces, as boxes: x, y, width, height.
 PASTED = [(30, 60, 96, 96), (190, 50, 112, 112)]
@@ -92,27 +93,27 @@ def test_bytes_base64_and_data_uri_decode_to_the_same_pixels():
     pixels = compose_photo()
     data = png_bytes(pixels)
     for value in (data, b64(data), "data:image/png;base64," + b64(data)):
-        decoded = fer_faces.decode_image(fer_faces.image_bytes(value, allow_paths=False))
+        decoded = images.decode_photo(photo_service.image_bytes(value, allow_paths=False)).gray
         np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_strings_are_base64_or_paths_by_a_fixed_rule():
-    assert fer_faces.is_base64_text(b64(png_bytes(np.zeros((8, 8), np.uint8))))
-    assert fer_faces.is_base64_text("data:image/png;base64,AAAA")
+    assert photo_service.is_base64_text(b64(png_bytes(np.zeros((8, 8), np.uint8))))
+    assert photo_service.is_base64_text("data:image/png;base64,AAAA")
     for path in ("photo.jpg", "/home/me/faces/a_1.png", "C:\\photos\\x.png", "shortNoDots"):
-        assert not fer_faces.is_base64_text(path), path
+        assert not photo_service.is_base64_text(path), path
 
 
 def test_paths_are_refused_unless_allowed(tmp_path):
     photo = tmp_path / "face.png"
     photo.write_bytes(png_bytes(compose_photo()))
-    with pytest.raises(fer_faces.ImageError, match="reading file paths is switched off.*FER_ALLOW_PATHS"):
-        fer_faces.image_bytes(str(photo), allow_paths=False)
-    assert fer_faces.image_bytes(str(photo), allow_paths=True) == photo.read_bytes()
-    with pytest.raises(fer_faces.ImageError, match="is not a file"):
-        fer_faces.image_bytes(str(tmp_path / "missing.png"), allow_paths=True)
-    with pytest.raises(fer_faces.ImageError, match="is not a file"):
-        fer_faces.image_bytes(str(tmp_path), allow_paths=True)
+    with pytest.raises(images.ImageError, match="reading file paths is switched off.*FER_ALLOW_PATHS"):
+        photo_service.image_bytes(str(photo), allow_paths=False)
+    assert photo_service.image_bytes(str(photo), allow_paths=True) == photo.read_bytes()
+    with pytest.raises(images.ImageError, match="is not a file"):
+        photo_service.image_bytes(str(tmp_path / "missing.png"), allow_paths=True)
+    with pytest.raises(images.ImageError, match="is not a file"):
+        photo_service.image_bytes(str(tmp_path), allow_paths=True)
 
 
 @pytest.mark.parametrize(
@@ -120,44 +121,45 @@ def test_paths_are_refused_unless_allowed(tmp_path):
     [
         (b"", "empty"),
         (b"GIF89a but not really", "not an image file"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image file|cannot be decoded|not a readable image"),
-        (png_bytes(compose_photo())[:300], "cannot be decoded"),  # truncated after the header
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image file|corrupt or truncated"),
+        (png_bytes(compose_photo())[:300], "the PNG image is corrupt or truncated"),  # truncated after the header
     ],
 )
 def test_non_images_are_refused_clearly(data, message):
-    with pytest.raises(fer_faces.ImageError, match=message):
-        fer_faces.decode_image(data)
+    with pytest.raises(images.ImageError, match=message):
+        images.decode_photo(data)
 
 
 def test_size_limits_are_checked_before_decoding():
     data = png_bytes(np.zeros((100, 120), np.uint8))
-    with pytest.raises(fer_faces.ImageError, match="120 x 100 pixels; the limit is 11,999"):
-        fer_faces.decode_image(data, max_pixels=11_999)
-    with pytest.raises(fer_faces.ImageError, match=f"{len(data):,} bytes; the limit is 10"):
-        fer_faces.decode_image(data, max_bytes=10)
+    with pytest.raises(images.ImageError, match="120 x 100 pixels; the limit is 11,999"):
+        images.decode_photo(data, max_pixels=11_999)
+    with pytest.raises(images.ImageError, match=f"{len(data):,} bytes; the limit is 10"):
+        images.decode_photo(data, max_bytes=10)
     # An 8000x6000 black PNG is a small file but 48 MP: refused from its header.
     bomb = png_bytes(np.zeros((6000, 8000), np.uint8))
-    assert len(bomb) < fer_faces.MAX_IMAGE_BYTES
-    with pytest.raises(fer_faces.ImageError, match="8000 x 6000 pixels"):
-        fer_faces.decode_image(bomb)
+    assert len(bomb) < images.MAX_IMAGE_BYTES
+    with pytest.raises(images.ImageError, match="8000 x 6000 pixels"):
+        images.decode_photo(bomb)
 
 
 def test_bad_base64_is_refused_clearly():
-    with pytest.raises(fer_faces.ImageError, match="invalid base64"):
-        fer_faces.decode_base64("A" * 65)
-    with pytest.raises(fer_faces.ImageError, match="the limit is 1,000"):
-        fer_faces.decode_base64("A" * 2000, max_bytes=1000)
-    with pytest.raises(fer_faces.ImageError, match="data: URI must be"):
-        fer_faces.decode_base64("data:image/png," + "A" * 64)
+    with pytest.raises(images.ImageError, match="invalid base64"):
+        photo_service.decode_base64("A" * 65)
+    with pytest.raises(images.ImageError, match="the limit is 1,000"):
+        photo_service.decode_base64("A" * 2000, max_bytes=1000)
+    with pytest.raises(images.ImageError, match="data: URI must be"):
+        photo_service.decode_base64("data:image/png," + "A" * 64)
 
 
-def test_crop_faces_resizes_and_clips():
+def test_crop_faces_cuts_clips_and_resizes_as_training_does():
     gray = np.arange(200 * 300, dtype=np.int64).reshape(200, 300).astype(np.uint8)
     crops = fer_faces.crop_faces(gray, [(10, 20, 96, 96), (280, 180, 50, 50), (0, 0, 24, 24)])
     assert crops.shape == (3, 48, 48) and crops.dtype == np.uint8
-    # A 96 px box shrinks 2:1 by averaging 2x2 blocks.
-    expected = gray[20:116, 10:106].astype(float).reshape(48, 2, 48, 2).mean(axis=(1, 3))
-    assert np.abs(crops[0] - expected).max() <= 1
+    # Each crop is what training makes of that part of the image saved as a file; the
+    # second box is clipped to the image's bottom-right corner first.
+    for crop, (top, bottom, left, right) in zip(crops, [(20, 116, 10, 106), (180, 200, 280, 300), (0, 24, 0, 24)]):
+        np.testing.assert_array_equal(crop, images.decode_face(png_bytes(gray[top:bottom, left:right])))
     with pytest.raises(ValueError, match="outside"):
         fer_faces.crop_faces(gray, [(400, 10, 20, 20)])
 
@@ -234,7 +236,7 @@ def test_model_is_logged_with_output_schema_and_photo_example(served):
     assert model.metadata.get_input_schema() is None  # both input kinds reach predict
     assert model.metadata.get_output_schema().input_names() == ["image", "box", "emotion", *EMOTIONS]
     example = model.metadata.load_input_example(mlflow.artifacts.download_artifacts(uri))
-    assert list(example.columns) == ["image"] and fer_faces.is_base64_text(example["image"][0])
+    assert list(example.columns) == ["image"] and photo_service.is_base64_text(example["image"][0])
     requirements = Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt"
     assert "opencv-python-headless" in requirements.read_text()
 
@@ -300,6 +302,61 @@ def test_photo_without_face_gives_a_null_row(served):
     assert result["box"][1] == [0, 0, 48, 48] and result["emotion"][1] in EMOTIONS
 
 
+def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_strip_photos_give_a_no_face_row_not_an_error(served):
+    # A 3000x1 or 1x5000 photo made OpenCV fail (cv2.error) inside face detection.
+    require_detector()
+    _, _, model = served
+    strips = [png_bytes(np.full((1, 3000), 100, np.uint8)), png_bytes(np.full((5000, 1), 100, np.uint8))]
+    result = model.predict(pd.DataFrame({"image": strips}))
+    assert result["image"].tolist() == [0, 1]
+    assert result["box"].tolist() == [None, None] and result["emotion"].tolist() == [None, None]
+
+
+@pytest.mark.slow
+def test_a_large_photo_is_searched_shrunk_and_boxes_are_in_its_own_pixels(served):
+    require_detector()
+    _, _, model = served
+    scale = 10  # 3200 x 2400: decoded at a reduced scale, searched at 640 px a side
+    large = np.asarray(Image.fromarray(compose_photo()).resize(
+        (PHOTO_SIZE[0] * scale, PHOTO_SIZE[1] * scale), Image.Resampling.BICUBIC
+    ))
+    result = model.predict(pd.DataFrame({"image": [jpeg_bytes(large)]}))
+    boxes = [[v / scale for v in box] for box in result["box"]]
+    assert matches_pasted(boxes), result["box"].tolist()
+
+
+@pytest.mark.slow
+def test_a_16_bit_face_gets_the_same_answer_as_its_8_bit_original(served):
+    # PIL's own 16-bit -> 8-bit conversion clips: the service saw a 16-bit face as white.
+    _, _, model = served
+    face = make_faces(1, seed=5)[0][0]
+    eight, sixteen = png_bytes(face), png_bytes(face.astype(np.uint16) * 257)
+    result = model.predict(pd.DataFrame({"image": [eight, sixteen]}))
+    assert result["image"].tolist() == [0, 1] and result["emotion"][0] is not None
+    first, second = result.iloc[[0]].reset_index(drop=True), result.iloc[[1]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(second.drop(columns="image"), first.drop(columns="image"))
+
+
+@pytest.mark.slow
+def test_a_path_to_a_non_image_file_is_refused_without_its_contents(served, tmp_path, monkeypatch):
+    _, _, model = served
+    secret = tmp_path / "credentials.txt"
+    secret.write_text("db_password=SECRET-VALUE-1234\n" * 40)
+    monkeypatch.setenv("FER_ALLOW_PATHS", "1")
+    with pytest.raises(MlflowException) as caught:
+        model.predict(pd.DataFrame({"image": [str(secret)]}))
+    message = caught.value.message
+    assert message.startswith("image row 0: not an image file"), message
+    assert "SECRET" not in message and "db_password" not in message and f"{secret.stat().st_size:,}" not in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_input, message",
@@ -311,7 +368,7 @@ def test_photo_without_face_gives_a_null_row(served):
         (pd.DataFrame({"image": [b"\x00garbage bytes"]}), "image row 0: not an image file"),
         (pd.DataFrame({"image": ["A" * 65]}), "image row 0: invalid base64"),
         (pd.DataFrame({"image": ["not base64 at all!"]}), "is not base64 .* switched off"),
-        (pd.DataFrame({"image": ["A" * (fer_faces.MAX_IMAGE_BYTES // 3 * 4 + 400)]}), "the limit is 10,485,760"),
+        (pd.DataFrame({"image": ["A" * (images.MAX_IMAGE_BYTES // 3 * 4 + 400)]}), "the limit is 10,485,760"),
         (pd.DataFrame({"image": [None]}), "expected image bytes, a base64 string or a file path, got an empty"),
         (pd.DataFrame({"image": pd.array([pd.NA], dtype="string")}), "got an empty cell"),
         (pd.DataFrame({"path": ["x"]}), "exactly one column 'image'"),
@@ -454,6 +511,8 @@ def test_server_takes_face_arrays_and_reports_no_face_as_null(server):
         ({"inputs": np.zeros((1, 40, 40)).tolist()}, "got shape \\(1, 40, 40\\)"),
         ({"inputs": [[1, 2], [3]]}, ""),  # ragged: MLflow's own parser refuses it
         ({"dataframe_split": {"columns": ["photo"], "data": [["x"]]}}, "exactly one column 'image'"),
+        ({"dataframe_records": [{"image": b64(png_bytes(compose_photo())[:300])}]},
+         "^image row 0: the PNG image is corrupt or truncated"),
     ],
 )
 def test_server_answers_bad_requests_with_400_and_a_message(server, payload, message):
@@ -461,6 +520,19 @@ def test_server_answers_bad_requests_with_400_and_a_message(server, payload, mes
     assert status == 400, (status, body)
     assert isinstance(body, dict) and body.get("error_code") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), body
     assert re.search(message, body["message"]), body["message"][:500]
+    assert "stack_trace" not in body, body["stack_trace"][:300]
+    if message:  # ours, as the model wrote it: one line, not MLflow's "Failed to predict data '<input>'"
+        assert body["message"].startswith(("image row 0: ", "expected ", "a DataFrame")), body["message"][:300]
+        assert "\n" not in body["message"] and len(body["message"]) < 500, body["message"][:300]
+
+
+@pytest.mark.slow
+def test_server_answers_a_strip_photo_with_no_face(server):
+    require_detector()
+    strip = b64(png_bytes(np.full((1, 3000), 100, np.uint8)))
+    status, body = invoke(server, {"dataframe_records": [{"image": strip}]})
+    assert status == 200, body
+    assert body["predictions"] == [{"image": 0, "box": None, "emotion": None, **dict.fromkeys(EMOTIONS)}]
 
 
 @pytest.mark.slow
@@ -512,6 +584,24 @@ def test_cli_predict_reports_bad_model_and_bad_file_without_traceback(served, tm
     assert "1 of 1 images could not be used" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.slow
+def test_cli_predict_reports_a_bad_photo_and_goes_on_with_the_rest(served, tmp_path):
+    require_detector()
+    from fer.cli import main
+
+    uri, _, _ = served
+    strip, junk, group = tmp_path / "strip.png", tmp_path / "junk.jpg", tmp_path / "group.png"
+    strip.write_bytes(png_bytes(np.full((1, 3000), 100, np.uint8)))
+    junk.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    group.write_bytes(png_bytes(compose_photo()))
+    result = CliRunner().invoke(main, ["predict", "--model", uri, str(strip), str(junk), str(group)])
+    assert result.exit_code == 1, result.output
+    assert f"{strip}\tno face found" in result.output
+    assert re.search(f"Error: {re.escape(str(junk))}: (not an image file|the image is corrupt)", result.output)
+    assert len([line for line in result.output.splitlines() if line.startswith(f"{group}\tbox=")]) == 2
+    assert "1 of 3 images could not be used" in result.output and "Traceback" not in result.output
+
+
 def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
     from fer.models import build_model
     from fer.serving import FORWARD_CHUNK, forward
@@ -524,3 +614,22 @@ def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
         assert probabilities.dtype == np.float32 and probabilities.shape == (count, 8)
         np.testing.assert_allclose(probabilities, expected[:count], rtol=1e-4, atol=1e-6)
     assert forward(network, faces[:0]).shape == (0, 8)
+
+
+@pytest.mark.slow
+def test_training_pyfunc_refuses_bad_faces_with_the_service_models_check(store):
+    from fer.models import build_model
+    from fer.serving import log_emotion_model
+
+    faces, _ = make_faces(3, seed=6)
+    with mlflow.start_run():
+        info = log_emotion_model(build_model("baseline"), faces[:1, ..., np.newaxis].astype(np.float32))
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert model.predict(faces[..., np.newaxis].astype(np.float32)).shape == (3, 8)
+    for bad, message in [
+        (np.full((1, 48, 48, 1), 300.0, np.float32), "finite and within 0-255"),
+        (np.full((1, 48, 48, 1), np.nan, np.float32), "finite and within 0-255"),
+    ]:
+        with pytest.raises(MlflowException, match=message) as caught:
+            model.predict(bad)
+        assert caught.value.get_http_status_code() == 400

@@ -1,44 +1,91 @@
-"""Shared by the file-based loaders: bad-item bookkeeping, CSV reading and face decoding.
+"""Shared by the file-based loaders: bad-item bookkeeping and CSV reading (images: `fer.images`).
 
 A loader makes one `BadItems` per load, reports every unusable image or row to
 it during the pass, and calls `raise_if_any()` at the end: with skip_bad=False
 that fails once, listing the first few problems and the total; with
 skip_bad=True the problems are kept and returned in `Splits.bad`.
 
-Errors from PIL, numpy, the csv module or the file system never escape raw:
+Errors from numpy, the csv module or the file system never escape raw:
 they become a `DataError` (or a `BadImage` reason) that names the file.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import itertools
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from fer.data.splits import IMAGE_SIZE, BadItem, DataError
+from fer.data.splits import BadItem, DataError
+from fer.images import ImageError
 
 # How many bad items a failing load lists before "... and N more".
 MAX_LISTED = 5
-
-# Pillow's BILINEAR resize widens its kernel by the scale factor when it
-# shrinks an image, so every source pixel contributes (area-like averaging, no
-# aliasing, unlike OpenCV's INTER_LINEAR); when it enlarges a small face it
-# interpolates smoothly, where BOX / AREA would give blocky pixels. One filter
-# that is right in both directions.
-RESAMPLE = Image.Resampling.BILINEAR
 
 SKIP_HINT = "or load with skip_bad=True (CLI: --skip-bad) to leave them out and count them in Splits.bad"
 
 Progress = Callable[[Iterable, int, str], Iterable]
 
+# The most characters of an input value (a CSV cell, a header, a file name) an
+# error message quotes: a 30 MB header line must not become a 30 MB message.
+MAX_SHOWN = 80
 
-class BadImage(Exception):
-    """One image that cannot be used; str(err) says why (without the file name)."""
+
+def shown(value, limit: int = MAX_SHOWN) -> str:
+    """`value` quoted for an error message: its repr, cut to `limit` characters with the full length noted.
+
+    repr also makes it printable: control characters and the lone surrogates
+    that stand for undecodable bytes in file names are escaped.
+
+    >>> shown("Validation")
+    "'Validation'"
+    >>> shown("9" * 400, limit=5)
+    "'99999'... (400 characters)"
+    """
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def printable(path) -> str:
+    """A path as printable text: bytes that are not UTF-8 (kept by the OS as surrogates) become \\xNN.
+
+    Paths are shown whole (a user needs all of it to find the file), but a
+    name that is not UTF-8 would otherwise make printing the message fail.
+
+    >>> printable(os.fsdecode(b"train/happy/caf\\xe9.png"))
+    'train/happy/caf\\\\xe9.png'
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` must not be opened as a data file (a FIFO, device or socket), or None if it may be.
+
+    Opening a FIFO blocks until something writes to it, and a device can be
+    endless, so only regular files (or links to them) are ever read. A missing
+    or unreadable path is None here: opening it reports that better.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file; it was not opened"
+
+
+# One image that cannot be used; str(err) says why (without the file name). The
+# decoder's own error, under the name the loaders catch.
+BadImage = ImageError
 
 
 class BadItems:
@@ -51,7 +98,7 @@ class BadItems:
         self._first_error: BaseException | None = None
 
     def add(self, location: str | Path, reason: str, error: BaseException | None = None) -> None:
-        self.items.append(BadItem(str(location), reason))
+        self.items.append(BadItem(printable(location), reason))
         if self._first_error is None and error is not None:
             self._first_error = error
 
@@ -81,17 +128,21 @@ def iterate(progress: Progress | None, iterable: Iterable, total: int, desc: str
 
 
 def require_dir(path: Path, what: str, hint: str) -> None:
+    """DataError unless `path` is a folder (or a link to one); `what` and `hint` word the message."""
     if not path.exists():
-        raise DataError(f"{what} {str(path)!r} does not exist. {hint}")
+        raise DataError(f"{what} {printable(path)!r} does not exist. {hint}")
     if not path.is_dir():
-        raise DataError(f"{what} {str(path)!r} is not a folder. {hint}")
+        raise DataError(f"{what} {printable(path)!r} is not a folder. {hint}")
 
 
 def require_file(path: Path, what: str, hint: str) -> None:
+    """DataError unless `path` is a regular file (or a link to one): never a FIFO or device, which could hang."""
     if not path.exists():
-        raise DataError(f"{what} {str(path)!r} does not exist. {hint}")
-    if not path.is_file():
-        raise DataError(f"{what} {str(path)!r} is not a file. {hint}")
+        raise DataError(f"{what} {printable(path)!r} does not exist. {hint}")
+    if path.is_dir():
+        raise DataError(f"{what} {printable(path)!r} is not a file. {hint}")
+    if problem := not_a_regular_file(path):
+        raise DataError(f"{what} {printable(path)!r} {problem}. {hint}")
 
 
 def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -120,13 +171,15 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                     yield line, row
                 line += span
     except csv.Error as err:
-        raise DataError(f"{path}, line {line}: not valid CSV ({err}). Fix the file or re-export it as CSV.") from err
+        raise DataError(
+            f"{printable(path)}, line {line}: not valid CSV ({err}). Fix the file or re-export it as CSV."
+        ) from err
     except OSError as err:
         raise _cannot_read(path, err) from err
 
 
 def _cannot_read(path: Path, err: OSError) -> DataError:
-    return DataError(f"Cannot read {path}: {err.strerror or err}. Check the file's permissions.")
+    return DataError(f"Cannot read {printable(path)}: {err.strerror or err}. Check the file's permissions.")
 
 
 def _text_lines(path: Path, file) -> Iterator[str]:
@@ -136,7 +189,7 @@ def _text_lines(path: Path, file) -> Iterator[str]:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise DataError(
-                f"{path}, line {number}: not UTF-8 text (undecodable byte at column {err.start + 1}). "
+                f"{printable(path)}, line {number}: not UTF-8 text (undecodable byte at column {err.start + 1}). "
                 "Check that the file is the CSV and not an archive or image, and save it as UTF-8."
             ) from err
         yield text[1:] if number == 1 and text.startswith("\ufeff") else text
@@ -156,84 +209,25 @@ def count_lines(path: Path) -> int:
     return count + (last != b"\n")
 
 
-def read_face(path: Path, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
-    """The image at `path` as a uint8 48x48 grayscale face; BadImage(reason) if it cannot be."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadImage("the image file is missing") from None
-    except IsADirectoryError:
-        raise BadImage("is a folder, not an image file") from None
-    except OSError as err:
-        raise BadImage(f"cannot read the file ({err.strerror or err})") from err
-    if not data:
-        raise BadImage("the file is empty (0 bytes)")
-    return decode_face(data, box=box, exif=exif)
-
-
-def decode_face(data: bytes, *, box: tuple[int, int, int, int] | None = None, exif: bool = False) -> np.ndarray:
-    """Encoded image bytes -> uint8 48x48 grayscale; BadImage(reason) if they are not a usable image.
-
-    Any size and mode: colour, alpha and palette images are converted to luma
-    ("L"), 16-bit and 32-bit ones scaled down to 8 bits, then resized to 48x48.
-    `box` (left, top, right, bottom) crops first, where it is not the whole image.
-    `exif` applies the EXIF orientation (phone photos).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            full = (0, 0, *image.size)
-            if image.mode == "L" and image.size == (IMAGE_SIZE, IMAGE_SIZE) and box in (None, full) and not exif:
-                return np.asarray(image)  # the FER+ case: 48x48 8-bit grayscale PNG
-            if box is not None and box != full:
-                left, top, right, bottom = box
-                if not (0 <= left < right <= image.width and 0 <= top < bottom <= image.height):
-                    raise BadImage(f"face box {box} does not lie inside the {image.width}x{image.height} image")
-            elif image.format == "JPEG" and min(image.size) > 2 * IMAGE_SIZE and not exif:
-                image.draft("L", (IMAGE_SIZE, IMAGE_SIZE))  # decode big JPEGs at a reduced scale: much faster
-            if exif:
-                image = ImageOps.exif_transpose(image)
-            if box is not None and box != full:
-                image = image.crop(box)
-            gray = _to_gray8(image)
-            if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-                gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
-            return np.asarray(gray, dtype=np.uint8)
-    except BadImage:
-        raise
-    except Image.UnidentifiedImageError as err:
-        raise BadImage("not an image PIL can read (unknown format or corrupt header)") from err
-    except Image.DecompressionBombError as err:
-        raise BadImage(f"image is too large to decode safely ({err})") from err
-    except MemoryError:
-        raise
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on corrupt data
-        raise BadImage(f"corrupt or truncated image ({type(err).__name__}: {err})") from err
-
-
-def _to_gray8(image: Image.Image) -> Image.Image:
-    """8-bit grayscale. PIL's own I;16 -> L conversion clips at 255, so wide modes are scaled here."""
-    if image.mode == "L":
-        return image
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.rint(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8), "L")
-    if image.mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8), "L")
-    return image.convert("L")
-
-
 def parse_votes(cells: list[str]) -> np.ndarray:
-    """FER+ vote counts -> float64 array; ValueError with a readable reason if any is not a count."""
+    """FER+ vote counts -> float64 array; ValueError with a readable reason if any is not a count.
+
+    A count is any non-negative number (FER+ writes whole numbers; shares are
+    accepted too), and the counts must sum to a finite number, so that vote
+    shares can be taken. The reason quotes at most MAX_SHOWN characters of a cell.
+
+    >>> parse_votes(["4", "0", " 2 "]).tolist()
+    [4.0, 0.0, 2.0]
+    """
     votes = np.empty(len(cells), np.float64)
     for i, cell in enumerate(cells):
         try:
             value = float(cell)
         except ValueError:
-            raise ValueError(f"vote count {cell.strip()!r} is not a number") from None
+            raise ValueError(f"vote count {shown(cell.strip())} is not a number") from None
         if not np.isfinite(value) or value < 0:
-            raise ValueError(f"vote count {cell.strip()!r} must be a non-negative number")
+            raise ValueError(f"vote count {shown(cell.strip())} must be a non-negative number")
         votes[i] = value
+    if not np.isfinite(votes.sum()):
+        raise ValueError("the vote counts are too large to add up; each is the number of annotators who chose it")
     return votes

@@ -19,12 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.data._bad import BadItems, Progress, count_lines, csv_rows, iterate, parse_votes, require_file
+from fer.data._bad import (
+    BadItems,
+    Progress,
+    count_lines,
+    csv_rows,
+    iterate,
+    parse_votes,
+    printable,
+    require_file,
+    shown,
+)
 from fer.data.ferplus import VOTE_COLUMNS, vote_target
 from fer.data.splits import EMOTIONS, IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
 
 SOURCE = "fer2013"
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
+# The fewest bytes a row with a usable face can take: 2,304 one-digit values and
+# the 2,303 separators between them. File size // this bounds the number of faces.
+MIN_FACE_BYTES = 2 * PIXELS - 1
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FER2013_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # fer2013 code -> index into EMOTIONS.
@@ -64,20 +77,26 @@ def load_fer2013_csv(
         beside = csv_path.parent / FERPLUS_LABELS_NAME
         labels_path = beside if beside.is_file() and beside.resolve() != csv_path.resolve() else None
 
-    bad = BadItems(f"fer2013 data {csv_path}" + (f" with FER+ labels {labels_path}" if labels_path else ""), skip_bad)
+    described = f"fer2013 data {printable(csv_path)}"
+    bad = BadItems(described + (f" with FER+ labels {printable(labels_path)}" if labels_path else ""), skip_bad)
     votes_by_row = _read_ferplus_labels(labels_path, bad) if labels_path else None
     total = len(votes_by_row) if votes_by_row is not None else max(count_lines(csv_path) - 1, 0)
 
     rows = csv_rows(csv_path)
     header_line, header = next(rows, (1, None))
     if header is None:
-        raise DataError(f"{csv_path} is empty. A fer2013.csv starts with the header emotion,pixels,Usage.")
+        raise DataError(
+            f"{printable(csv_path)} is empty. A fer2013.csv starts with the header emotion,pixels,Usage."
+        )
     columns = _column_indices(csv_path, header_line, header)
     n_columns = len(header)
     emotion_col, pixels_col, usage_col = (columns[name] for name in REQUIRED_COLUMNS)
 
-    images = np.empty((total, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    kept = {name: [] for name in USAGE_TO_SPLIT.values()}  # row index into images, label, target
+    # Sized by what the file can hold, not by its line count alone: 6 rows followed by
+    # 20 MB of blank lines must not ask for 43 GiB.
+    images = np.empty((min(total, _file_size(csv_path) // MIN_FACE_BYTES), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    n_images = 0
+    kept = {name: [] for name in USAGE_TO_SPLIT.values()}  # index into images, label, target
     dropped = {name: 0 for name in USAGE_TO_SPLIT.values()}
     seen_splits = set()
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)
@@ -87,14 +106,14 @@ def load_fer2013_csv(
         if votes_by_row is not None and index >= len(votes_by_row):
             n_rows = index + 1 + sum(1 for _ in rows)
             break
-        where = f"{csv_path}, line {line}"
+        where = f"{printable(csv_path)}, line {line}"
         if len(row) != n_columns:
-            bad.add(where, f"expected {n_columns} columns ({','.join(header)}), got {len(row)}")
+            bad.add(where, f"expected {n_columns} columns (header {shown(','.join(header))}), got {len(row)}")
             continue
         usage = row[usage_col].strip()
         split = USAGE_TO_SPLIT.get(usage)
         if split is None:
-            bad.add(where, f"Usage {usage!r} is not one of {', '.join(USAGE_TO_SPLIT)}")
+            bad.add(where, f"Usage {shown(usage)} is not one of {', '.join(USAGE_TO_SPLIT)}")
             continue
         seen_splits.add(split)
         if votes_by_row is not None:
@@ -104,8 +123,8 @@ def load_fer2013_csv(
             label_line, label_usage, votes = entry
             if label_usage != usage:
                 raise DataError(
-                    f"{csv_path}, line {line} has Usage {usage!r} but {labels_path}, line {label_line} "
-                    f"(the same row) has {label_usage!r}. fer2013new.csv must list the rows of this "
+                    f"{printable(csv_path)}, line {line} has Usage {shown(usage)} but {printable(labels_path)}, "
+                    f"line {label_line} (the same row) has {shown(label_usage)}. fer2013new.csv must list the rows of this "
                     "fer2013.csv in the same order; use the fer2013new.csv made for this file, or leave it out."
                 )
             if votes is None:  # no image name: FER+ dropped this face
@@ -118,20 +137,22 @@ def load_fer2013_csv(
             label, target = rule
         else:
             code = row[emotion_col].strip()
-            if not (code.isascii() and code.isdigit() and int(code) < len(FER2013_TO_EMOTIONS)):
-                bad.add(where, f"emotion {code!r} is not a fer2013 code 0-6 ({', '.join(FER2013_EMOTIONS)})")
+            # len() first: int() of a 5,000-digit code would raise instead of reporting it.
+            if not (code.isascii() and code.isdigit() and len(code) <= 3 and int(code) < len(FER2013_TO_EMOTIONS)):
+                bad.add(where, f"emotion {shown(code)} is not a fer2013 code 0-6 ({', '.join(FER2013_EMOTIONS)})")
                 continue
             label = FER2013_TO_EMOTIONS[int(code)]
             target = one_hot[label]
         try:
-            images[index] = _parse_pixels(row[pixels_col]).reshape(IMAGE_SIZE, IMAGE_SIZE)
+            images[n_images] = _parse_pixels(row[pixels_col]).reshape(IMAGE_SIZE, IMAGE_SIZE)
         except ValueError as err:
             bad.add(where, str(err))
             continue
-        kept[split].append((index, label, target))
+        kept[split].append((n_images, label, target))
+        n_images += 1
     if votes_by_row is not None and n_rows != len(votes_by_row):
         raise DataError(
-            f"{csv_path} has {n_rows} data rows but {labels_path} has {len(votes_by_row)}. fer2013new.csv must "
+            f"{printable(csv_path)} has {n_rows} data rows but {printable(labels_path)} has {len(votes_by_row)}. fer2013new.csv must "
             "list the rows of this fer2013.csv in the same order (FER+'s file belongs to the original "
             "35,887-row fer2013.csv); use the matching files, or leave the FER+ labels out."
         )
@@ -144,7 +165,7 @@ def load_fer2013_csv(
                 continue  # no PrivateTest rows at all: no test split
             usage = next(u for u, s in USAGE_TO_SPLIT.items() if s == name)
             raise DataError(
-                f"{csv_path} has no usable {usage} rows, so the {name} split would be empty "
+                f"{printable(csv_path)} has no usable {usage} rows, so the {name} split would be empty "
                 f"({dropped[name]} dropped by the label rule). A fer2013.csv needs Training and PublicTest rows."
             )
         rows_idx = np.fromiter((item[0] for item in items), np.int64, len(items))
@@ -163,12 +184,19 @@ def load_fer2013_csv(
     )
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise DataError(f"Cannot read {printable(path)}: {err.strerror or err}.") from err
+
+
 def _column_indices(csv_path: Path, line: int, header: list[str]) -> dict[str, int]:
     names = [cell.strip().lower() for cell in header]
     missing = [name for name in REQUIRED_COLUMNS if name not in names]
     if missing:
         raise DataError(
-            f"{csv_path}, line {line}: the header {','.join(header)!r} lacks the column(s) "
+            f"{printable(csv_path)}, line {line}: the header {shown(','.join(header))} lacks the column(s) "
             f"{', '.join(missing)}. A fer2013.csv starts with the header emotion,pixels,Usage."
         )
     return {name: names.index(name) for name in REQUIRED_COLUMNS}
@@ -179,16 +207,18 @@ def _read_ferplus_labels(path: Path, bad: BadItems) -> list:
     rows = csv_rows(path)
     header_line, header = next(rows, (1, None))
     if header is None:
-        raise DataError(f"FER+ label file {path} is empty. It starts with the header {','.join(FERPLUS_HEADER)}.")
+        raise DataError(
+            f"FER+ label file {printable(path)} is empty. It starts with the header {','.join(FERPLUS_HEADER)}."
+        )
     if tuple(cell.strip().lower() for cell in header) != FERPLUS_HEADER:
         raise DataError(
-            f"{path}, line {header_line}: the header is {','.join(header)!r}, expected "
+            f"{printable(path)}, line {header_line}: the header is {shown(','.join(header))}, expected "
             "'Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF'. "
             "Is this FER+'s fer2013new.csv?"
         )
     entries = []
     for line, row in rows:
-        where = f"{path}, line {line}"
+        where = f"{printable(path)}, line {line}"
         if len(row) != len(FERPLUS_HEADER):
             bad.add(where, f"expected {len(FERPLUS_HEADER)} columns (Usage, Image name, {VOTE_COLUMNS} vote counts), "
                     f"got {len(row)}")
@@ -237,9 +267,9 @@ def _parse_pixels_slowly(text: str) -> np.ndarray:
     tokens = text.split()
     for position, token in enumerate(tokens, 1):
         if not (token.isascii() and token.isdigit()):
-            raise ValueError(f"pixel {position} is {token[:20]!r}, not a whole number 0-255")
-        if int(token) > 255:
-            raise ValueError(f"pixel {position} is {token[:20]}, outside 0-255")
+            raise ValueError(f"pixel {position} is {shown(token)}, not a whole number 0-255")
+        if len(token) > 3 or int(token) > 255:  # int() of a 5,000-digit token would raise
+            raise ValueError(f"pixel {position} is {token if len(token) <= 3 else shown(token)}, outside 0-255")
     if len(tokens) != PIXELS:
         raise ValueError(f"expected {PIXELS} pixel values (48x48), got {len(tokens)}")
     return np.array(tokens, dtype=np.int64).astype(np.uint8)

@@ -18,7 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.data._bad import BadImage, BadItems, Progress, csv_rows, iterate, parse_votes, read_face, require_dir
+from fer.data._bad import (
+    BadImage,
+    BadItems,
+    Progress,
+    csv_rows,
+    iterate,
+    not_a_regular_file,
+    parse_votes,
+    printable,
+    require_dir,
+    require_file,
+    shown,
+)
+from fer.images import read_face
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
 
 SOURCE = "ferplus"
@@ -28,7 +41,9 @@ VOTE_COLUMNS = NUM_CLASSES + 2  # the 8 emotions, unknown, NF
 ROW_COLUMNS = 2 + VOTE_COLUMNS
 UNKNOWN, NOT_A_FACE = NUM_CLASSES, NUM_CLASSES + 1
 
-_BOX = re.compile(r"^\s*\(?\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\)?\s*$")
+# ASCII digits, at most 9: int() of a 5,000-digit string would raise, and no image is that large.
+_COORDINATE = r"\s*(-?[0-9]{1,9})\s*"
+_BOX = re.compile(rf"^\s*\(?{_COORDINATE},{_COORDINATE},{_COORDINATE},{_COORDINATE}\)?\s*$")
 
 
 def vote_target(votes: np.ndarray, label_mode: LabelMode) -> tuple[int, np.ndarray] | None:
@@ -72,13 +87,14 @@ def load_ferplus(
     layout = f"FER+ expects {FOLDERS['train']}/ and {FOLDERS['val']}/ (and optionally {FOLDERS['test']}/) inside it"
     if root.name in FOLDERS.values() and not (root / FOLDERS["train"]).exists():
         raise DataError(
-            f"{str(root)!r} is one FER+ split folder; give its parent folder instead ({str(root.parent)!r}). {layout}."
+            f"{printable(root)!r} is one FER+ split folder; give its parent folder instead "
+            f"({printable(root.parent)!r}). {layout}."
         )
     require_dir(root, "FER+ folder", f"{layout}.")
     for name in ("train", "val"):
         require_dir(root / FOLDERS[name], f"FER+ {name} folder", f"{layout}.")
 
-    bad = BadItems(f"FER+ data in {root}", skip_bad)
+    bad = BadItems(f"FER+ data in {printable(root)}", skip_bad)
     present = [name for name in ("train", "val", "test") if name != "test" or (root / FOLDERS["test"]).is_dir()]
     loaded = {}
     dropped = {}
@@ -88,7 +104,7 @@ def load_ferplus(
     for name, split in loaded.items():
         if len(split) == 0:
             raise DataError(
-                f"FER+ {name} split {root / FOLDERS[name]} has no usable images "
+                f"FER+ {name} split {printable(root / FOLDERS[name])} has no usable images "
                 f"({dropped[name]} dropped by the {label_mode.value} label rule, "
                 f"{sum(1 for item in bad.items if _in_folder(item.location, root / FOLDERS[name]))} bad). "
                 "Check its label.csv and images."
@@ -106,23 +122,37 @@ def load_ferplus(
 
 
 def _in_folder(location: str, folder: Path) -> bool:
-    return location.startswith(str(folder) + os.sep)
+    return location.startswith(printable(folder) + os.sep)
+
+
+def _image_name_problem(image_name: str) -> str | None:
+    """Why a label.csv image name cannot name a file in its split folder, or None if it can.
+
+    FER+ names are plain file names (fer0000000.png). A name with a NUL, an
+    absolute path or a ".." step would read outside the split folder (where
+    the cache fingerprint does not look) or could not be opened at all.
+    """
+    if "\0" in image_name:
+        return f"image name {shown(image_name)} holds a NUL character"
+    path = Path(image_name)
+    if path.is_absolute() or ".." in path.parts:
+        return f"image name {shown(image_name)} leads outside the split folder; give a name inside it"
+    return None
 
 
 def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, progress) -> tuple[Split, int]:
     labels_path = folder / LABEL_FILE
-    if not labels_path.is_file():
-        raise DataError(
-            f"FER+ label file {str(labels_path)!r} does not exist. Each FER+ split folder needs the label.csv "
-            "that FERPlus's generate_training_data.py writes beside the images."
-        )
+    require_file(
+        labels_path, "FER+ label file",
+        "Each FER+ split folder needs the label.csv that FERPlus's generate_training_data.py writes beside the images.",
+    )
     entries = []  # (image path, box, label, target, line)
     rows = 0
     dropped = 0
     seen: dict[str, int] = {}
     for line, row in csv_rows(labels_path):
         rows += 1
-        where = f"{labels_path}, line {line}"
+        where = f"{printable(labels_path)}, line {line}"
         if len(row) != ROW_COLUMNS:
             bad.add(
                 where,
@@ -133,13 +163,16 @@ def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, p
         if not image_name:
             bad.add(where, "the image name is empty")
             continue
+        if problem := _image_name_problem(image_name):
+            bad.add(where, problem)
+            continue
         if image_name in seen:
-            bad.add(where, f"image {image_name!r} is listed twice (first on line {seen[image_name]})")
+            bad.add(where, f"image {shown(image_name)} is listed twice (first on line {seen[image_name]})")
             continue
         seen[image_name] = line
         match = _BOX.match(row[1])
         if not match:
-            bad.add(where, f"face box {row[1]!r} is not of the form \"(left, top, right, bottom)\"")
+            bad.add(where, f"face box {shown(row[1])} is not of the form \"(left, top, right, bottom)\"")
             continue
         box = tuple(int(value) for value in match.groups())
         try:
@@ -156,12 +189,18 @@ def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, p
             continue
         entries.append((folder / image_name, box, *rule, line))
     if rows == 0:
-        raise DataError(f"FER+ label file {labels_path} is empty: the {name} split has no images. Regenerate it.")
+        raise DataError(
+            f"FER+ label file {printable(labels_path)} is empty: the {name} split has no images. Regenerate it."
+        )
 
     images = np.empty((len(entries), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     keep = np.ones(len(entries), bool)
     full_box = (0, 0, IMAGE_SIZE, IMAGE_SIZE)
     for i, (image_path, box, _, _, line) in enumerate(iterate(progress, entries, len(entries), f"FER+ {name}")):
+        if problem := not_a_regular_file(image_path):
+            bad.add(image_path, f"{problem} (listed on line {line} of {LABEL_FILE})")
+            keep[i] = False
+            continue
         try:
             images[i] = read_face(image_path, box=None if box == full_box else box)
         except BadImage as err:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
-from fer.data.splits import EMOTIONS, Splits
+from fer.data._bad import printable, shown
+from fer.data.splits import EMOTIONS, DataError, Splits
 
 SAMPLES_PER_CLASS = 8
 
@@ -42,11 +44,46 @@ def describe(splits: Splits) -> str:
             lines.append(f"{name}: {count} images dropped by the {splits.label_mode.value} label rule")
     if splits.bad:
         lines.append(f"{len(splits.bad)} bad items skipped; first: {splits.bad[0]}")
+    lines[0] = printable(lines[0])  # a location that is not UTF-8 must not stop the printing
     return "\n".join(lines)
 
 
+def figure_path(path) -> Path:
+    """`path` as the place to write the overview figure, or DataError saying what to change.
+
+    Checked before any data is loaded, so a typo costs a second, not a decode:
+    the folder must exist (it is not created: a mistyped folder would silently
+    scatter figures), and the extension must be one matplotlib writes (.png,
+    .pdf, .svg, ...); a name without an extension is written as PNG.
+
+    >>> figure_path("overview.png").name
+    'overview.png'
+    """
+    path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = path.suffix.lower().lstrip(".")
+    if extension and extension not in formats:
+        raise DataError(
+            f"Cannot write the figure to {shown(path)}: {shown(path.suffix)} is not an image format matplotlib "
+            f"writes. Use one of {', '.join('.' + name for name in sorted(formats))}."
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(
+            f"Cannot write the figure to {printable(path)!r}: the folder {printable(folder)!r} {state}. "
+            "Create it first, or give a path in an existing folder."
+        )
+    return path
+
+
 def plot_overview(splits: Splits, path, seed: int = 0) -> Path:
-    """Sample training faces per class (left) and the class distribution per split (right)."""
+    """Sample training faces per class (left) and the class distribution per split (right), written to `path`.
+
+    DataError if `path` cannot be written (see `figure_path`; also a full disk
+    or a read-only folder), never a raw matplotlib or OS error.
+    """
+    path = figure_path(path)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(14, 7), layout="constrained")
     faces_area, bars_area = fig.subfigures(1, 2, width_ratios=[1, 1.1])
@@ -78,6 +115,8 @@ def plot_overview(splits: Splits, path, seed: int = 0) -> Path:
     ax.set_title(f"Class distribution: {splits.source}, {splits.label_mode.value} labels")
     ax.margins(y=0.15)
     ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise DataError(f"Cannot write the figure to {printable(path)!r}: {err.strerror or err}.") from err
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fer.data import cache
+from fer.data._bad import not_a_regular_file, printable, require_file, shown
 from fer.data.splits import DataError, LabelMode, Splits
 
 SYNTHETIC = "synthetic"
@@ -33,13 +34,17 @@ def describe_source(data) -> tuple[str, Path | None]:
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(
-            f"Data path {str(path)!r} does not exist. Give a FER+ folder (with FER2013Train/), "
+            f"Data path {printable(path)!r} does not exist. Give a FER+ folder (with FER2013Train/), "
             "a fer2013.csv file, a class-per-folder tree (with train/), or 'synthetic'."
         )
+    if problem := not_a_regular_file(path):
+        raise DataError(f"Data path {printable(path)!r} {problem}. Give a folder or a fer2013.csv file.")
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return "fer2013", path
-        raise DataError(f"{path} is a file but not a .csv; only fer2013.csv-style files can be loaded directly.")
+        raise DataError(
+            f"{printable(path)} is a file but not a .csv; only fer2013.csv-style files can be loaded directly."
+        )
     if (path / "FER2013Train").is_dir():
         return "ferplus", path
     if (path / "fer2013.csv").is_file():
@@ -47,9 +52,18 @@ def describe_source(data) -> tuple[str, Path | None]:
     if (path / "train").is_dir():
         return "folders", path
     raise DataError(
-        f"Cannot tell what data {path} holds: expected FER2013Train/ (FER+), fer2013.csv, "
-        f"or train/<class>/ image folders inside it; found {sorted(p.name for p in path.iterdir())[:10]}."
+        f"Cannot tell what data {printable(path)} holds: expected FER2013Train/ (FER+), fer2013.csv, "
+        f"or train/<class>/ image folders inside it; found {_some_names(path)}."
     )
+
+
+def _some_names(folder: Path, count: int = 10) -> str:
+    """The first `count` names in `folder`, each quoted short, for a message."""
+    try:
+        names = sorted(child.name for child in folder.iterdir())
+    except OSError as err:
+        return f"nothing readable ({err.strerror or err})"
+    return "[" + ", ".join(shown(name, 40) for name in names[:count]) + (", ...]" if len(names) > count else "]")
 
 
 def synthetic_train_size(data) -> int:
@@ -57,7 +71,7 @@ def synthetic_train_size(data) -> int:
         return DEFAULT_SYNTHETIC_TRAIN_SIZE
     size = str(data).split(":", 1)[1]
     if not size.isdigit() or int(size) < 8:
-        raise DataError(f"'synthetic:N' needs a whole number N >= 8 of training faces; got {data!r}.")
+        raise DataError(f"'synthetic:N' needs a whole number N >= 8 of training faces; got {shown(data)}.")
     return int(size)
 
 
@@ -101,26 +115,34 @@ def load(
         options.update(val_fraction=val_fraction, seed=seed)
     if kind == "fer2013":
         labels = Path(ferplus_labels) if ferplus_labels else path.parent / "fer2013new.csv"
-        if ferplus_labels and not labels.is_file():
-            raise DataError(f"FER+ label file {str(labels)!r} does not exist.")
-        if labels.is_file():
+        if ferplus_labels:
+            require_file(labels, "FER+ label file", "Give the path of FER+'s fer2013new.csv, or leave it out.")
+        if labels.is_file() and not not_a_regular_file(labels):
             inputs.append(labels)
             ferplus_labels = labels
-    key = cache.fingerprint(inputs, options)
+    key = _cache_key(inputs, options) if use_cache else None
     cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
 
-    if use_cache and (cached := cache.read(cache_dir, key)) is not None:
+    if key and (cached := cache.read(cache_dir, key)) is not None:
         return cached
     started = time.monotonic()
     splits = _load_from_source(kind, path, label_mode, skip_bad, val_fraction, seed, ferplus_labels, progress)
-    if use_cache:
+    if key:
         try:
             cache.write(cache_dir, key, splits)
         except OSError as err:  # a read-only home must not stop training
-            print(f"fer: could not write the data cache in {cache_dir}: {err}", file=sys.stderr)
+            print(f"fer: could not write the data cache in {printable(cache_dir)}: {err}", file=sys.stderr)
     if progress:
         print(f"fer: loaded {kind} data from {path} in {time.monotonic() - started:.1f}s", file=sys.stderr)
     return splits
+
+
+def _cache_key(inputs: list[Path], options: dict) -> str | None:
+    """The cache key, or None (no caching) when the source cannot be walked: the loader then says why."""
+    try:
+        return cache.fingerprint(inputs, options)
+    except OSError:
+        return None
 
 
 def _load_from_source(kind, path, label_mode, skip_bad, val_fraction, seed, ferplus_labels, progress):
