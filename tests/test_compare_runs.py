@@ -1,4 +1,4 @@
-"""The compare table and diagnostics text of a fixed pair of runs, pinned to golden files.
+"""Compare on real runs in SQLite: the table and diagnostics text of a fixed pair pinned, and NaN epochs.
 
 Two runs are logged into a real SQLite store (histories, params, evaluation
 metrics, confusion_matrix.json); `fer.compare.compare` reads them back and
@@ -116,3 +116,23 @@ def test_diagnostics_text_is_unchanged_for_a_fixed_pair_of_runs(pinned_runs):
     client, baseline_id, final_id = pinned_runs
     text = "".join(diagnose_run(run_id, client).to_markdown() for run_id in (baseline_id, final_id))
     _check_golden("diagnostics.md", text)
+
+
+def test_a_nan_epoch_is_never_the_best_and_the_table_still_builds(pinned_runs):
+    client, baseline_id, _ = pinned_runs
+    # Epoch 3 diverged: NaN validation accuracy and loss (np.argmax would call it the best).
+    history = {key: values[:6] for key, values in FINAL["history"].items()}
+    history["val_accuracy"] = [0.35, 0.44, float("nan"), 0.55, 0.58, 0.57]
+    history["val_loss"] = [1.70, 1.50, float("nan"), 1.27, 1.21, 1.22]
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    final_id = log_run(client, experiment_id, {**FINAL, "history": history})
+
+    _, rows, markdown = fer_compare.compare(baseline_id, final_id, experiment=EXPERIMENT)
+    table = {row.metric.split(" (")[0]: row for row in rows}
+    assert table["Best validation accuracy"].final == "0.5800 (epoch 5)"
+    assert table["Best validation loss"].final == "1.2100"
+    # The gap at epoch 5 (0.54 - 0.58); volatility over the finite changes only (none touching epoch 3).
+    assert table["Overfitting risk"].final == "-4.0 pts, none (validation above training)"
+    assert table["Stability"].final.startswith(f"{np.std([0.09, 0.03, -0.01]):.4f}")
+    assert "nan" not in markdown.lower()
+    assert "best val_loss 1.2100 was at epoch 5" in table["Diagnosis: Convergence"].final
