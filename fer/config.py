@@ -220,11 +220,16 @@ def validate(config: TrainConfig) -> None:
         monitor = getattr(config, section).monitor
         if monitor not in MONITORS:
             raise ConfigError(f"{section}.monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
-    aug = config.augmentation
-    for name in ("width_shift", "height_shift", "zoom"):
+    check_augmentation(config.augmentation)
+
+
+def check_augmentation(aug: Augmentation, prefix: str = "augmentation.") -> None:
+    """The transforms' ranges, checked once for the configuration and for `fer.augment.RandomAffine`.
+
+    Raises ConfigError naming `prefix` + the transform, the value and the range allowed.
+    """
+    for name in ("width_shift", "height_shift", "shear", "zoom"):
         if not 0 <= getattr(aug, name) < 1:
-            raise ConfigError(f"augmentation.{name} must be in [0, 1); got {getattr(aug, name)}")
+            raise ConfigError(f"{prefix}{name} must be a fraction in [0, 1); got {getattr(aug, name)}")
     if not 0 <= aug.rotation <= 180:
-        raise ConfigError(f"augmentation.rotation must be degrees in [0, 180]; got {aug.rotation}")
-    if not 0 <= aug.shear < 1:
-        raise ConfigError(f"augmentation.shear must be in [0, 1); got {aug.shear}")
+        raise ConfigError(f"{prefix}rotation must be degrees in [0, 180]; got {aug.rotation}")
