@@ -91,7 +91,6 @@ def test_default_choice_is_the_best_finished_phase2_run(store, network):
     assert decision.source_run_id == best
 
 
-@pytest.mark.slow  # builds and registers real Keras models
 def test_nothing_to_promote_says_what_to_run(store):
     with pytest.raises(PromotionError, match="mlflow run . -e phase2"):
         promote(model_name=NAME)
