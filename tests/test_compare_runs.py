@@ -31,6 +31,17 @@ def _confusion(seed: int) -> dict:
     return {"split": "test", "labels": list(EMOTIONS), "counts": counts.tolist()}
 
 
+def training_params(epochs, patience, label_smoothing, rotation, flip, dropout) -> dict[str, str]:
+    """The params diagnostics read, as train.py logs them (strings in MLflow)."""
+    return {
+        "config.epochs": str(epochs), "config.early_stopping.enabled": "True",
+        "config.early_stopping.monitor": "val_loss", "config.early_stopping.patience": str(patience),
+        "config.early_stopping.restore_best_weights": "True", "config.label_smoothing": str(label_smoothing),
+        "config.augmentation.rotation": str(rotation), "config.augmentation.horizontal_flip": str(flip),
+        "model.dropout_rates": dropout,
+    }
+
+
 BASELINE = {
     "history": {
         "accuracy": [0.30, 0.41, 0.48, 0.53, 0.57, 0.60, 0.62, 0.64],
@@ -39,11 +50,7 @@ BASELINE = {
         "val_loss": [1.80, 1.62, 1.49, 1.44, 1.40, 1.42, 1.41, 1.43],
         "learning_rate": [1e-3] * 6 + [2e-4] * 2,
     },
-    "params": {"config.epochs": "8", "config.early_stopping.enabled": "True",
-               "config.early_stopping.monitor": "val_loss", "config.early_stopping.patience": "3",
-               "config.early_stopping.restore_best_weights": "True", "config.label_smoothing": "0.0",
-               "config.augmentation.rotation": "0.0", "config.augmentation.horizontal_flip": "False",
-               "model.dropout_rates": ""},
+    "params": training_params(epochs=8, patience=3, label_smoothing=0.0, rotation=0.0, flip=False, dropout=""),
     "tags": {"fer.phase": "phase1", "fer.eval_split": "test", "fer.stopped_by": "epochs"},
     "metrics": {"eval_accuracy": 0.5012, "eval_macro_f1": 0.3721, "train_seconds": 95.0},
     "confusion": _confusion(1),
@@ -57,11 +64,8 @@ FINAL = {
         "val_loss": [1.70, 1.50, 1.36, 1.27, 1.21, 1.22, 1.16, 1.17, 1.05, 1.03, 1.035, 1.03],
         "learning_rate": [1e-3] * 8 + [2e-4] * 4,
     },
-    "params": {"config.epochs": "40", "config.early_stopping.enabled": "True",
-               "config.early_stopping.monitor": "val_loss", "config.early_stopping.patience": "8",
-               "config.early_stopping.restore_best_weights": "True", "config.label_smoothing": "0.1",
-               "config.augmentation.rotation": "15.0", "config.augmentation.horizontal_flip": "True",
-               "model.dropout_rates": "0.25,0.5"},
+    "params": training_params(epochs=40, patience=8, label_smoothing=0.1, rotation=15.0, flip=True,
+                              dropout="0.25,0.5"),
     "tags": {"fer.phase": "phase2", "fer.eval_split": "test", "fer.stopped_by": "time_limit"},
     "metrics": {"eval_accuracy": 0.6377, "eval_macro_f1": 0.5102, "train_seconds": 310.0},
     "confusion": _confusion(2),
