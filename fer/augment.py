@@ -13,7 +13,10 @@ same points. (That kernel still serves the fill modes "reflect" and "wrap"
 and nearest-neighbour interpolation.) The layer is written for TensorFlow, the
 project's backend, and runs inside `tf.data` graphs as well as in a model.
 
-Parameters and units are those of `fer.config.Augmentation`:
+The transforms are one `fer.config.Augmentation` (the configuration's
+`augmentation` section), passed whole: `RandomAffine(config.augmentation)`.
+Standalone, the same names may be given as keywords, every other transform
+then off: `RandomAffine(rotation=10, horizontal_flip=True)`. Units:
 
 - rotation: degrees; the angle is drawn from U(-rotation, +rotation), and a
   positive angle turns the content counter-clockwise as it appears on screen.
@@ -42,15 +45,19 @@ alone, whatever order tf.data's parallel map calls run in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
 
-from fer.config import Augmentation
+from fer.config import Augmentation, check_augmentation
 
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 INTERPOLATIONS = ("bilinear", "nearest")
+TRANSFORMS = tuple(field.name for field in dataclasses.fields(Augmentation))
+# Every transform off (0.0, False): what a standalone layer starts from, not the configuration's defaults.
+NO_TRANSFORMS = Augmentation(**{field.name: type(field.default)() for field in dataclasses.fields(Augmentation)})
 
 
 @keras.saving.register_keras_serializable(package="fer")
@@ -60,39 +67,39 @@ class RandomAffine(keras.layers.Layer):
     Input: images B x H x W x C (or one image H x W x C), any real dtype; output
     float in the layer's compute dtype (float32), same shape. Identity when
     `training` is False (inference, `model.predict`).
+
+    `augmentation`: the transforms as one `Augmentation` (or its dict, as
+    `get_config` writes it); or give them as keywords (`rotation=10`), the
+    others off. Out-of-range values raise `fer.config.ConfigError` (a ValueError).
+
+    >>> RandomAffine(Augmentation(rotation=10)).augmentation.rotation
+    10
+    >>> RandomAffine(zoom=0.2).augmentation == dataclasses.replace(NO_TRANSFORMS, zoom=0.2)
+    True
     """
 
     def __init__(
         self,
-        rotation: float = 0.0,
-        width_shift: float = 0.0,
-        height_shift: float = 0.0,
-        shear: float = 0.0,
-        zoom: float = 0.0,
-        horizontal_flip: bool = False,
+        augmentation: Augmentation | dict | None = None,
         fill_mode: str = "nearest",
         interpolation: str = "bilinear",
         fill_value: float = 0.0,
         seed: int | None = None,
         **kwargs,
     ):
+        keywords = {name: kwargs.pop(name) for name in TRANSFORMS if name in kwargs}
         super().__init__(**kwargs)
-        for name, value in (("width_shift", width_shift), ("height_shift", height_shift), ("zoom", zoom),
-                            ("shear", shear)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be a fraction in [0, 1); got {value}")
-        if not 0 <= rotation <= 180:
-            raise ValueError(f"rotation must be degrees in [0, 180]; got {rotation}")
+        if augmentation is not None and keywords:
+            raise ValueError(f"RandomAffine: give the transforms as one Augmentation or as keywords, not both "
+                             f"(keywords given: {sorted(keywords)})")
+        if isinstance(augmentation, dict):
+            augmentation = Augmentation(**augmentation)
+        self.augmentation = augmentation or dataclasses.replace(NO_TRANSFORMS, **keywords)
+        check_augmentation(self.augmentation, prefix="")
         if fill_mode not in FILL_MODES:
             raise ValueError(f"fill_mode must be one of {FILL_MODES}; got {fill_mode!r}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}")
-        self.rotation = float(rotation)
-        self.width_shift = float(width_shift)
-        self.height_shift = float(height_shift)
-        self.shear = float(shear)
-        self.zoom = float(zoom)
-        self.horizontal_flip = bool(horizontal_flip)
         self.fill_mode = fill_mode
         self.interpolation = interpolation
         self.fill_value = float(fill_value)
@@ -114,12 +121,7 @@ class RandomAffine(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            rotation=self.rotation,
-            width_shift=self.width_shift,
-            height_shift=self.height_shift,
-            shear=self.shear,
-            zoom=self.zoom,
-            horizontal_flip=self.horizontal_flip,
+            augmentation=dataclasses.asdict(self.augmentation),
             fill_mode=self.fill_mode,
             interpolation=self.interpolation,
             fill_value=self.fill_value,
@@ -164,13 +166,14 @@ class RandomAffine(keras.layers.Layer):
         """
         u = tf.random.stateless_uniform([batch_size, 6], seed=seed, minval=-1.0, maxval=1.0)
         angle, shift_x, shift_y, shear, zoom, flip = tf.unstack(u, axis=1)  # one op, not six slices
+        aug = self.augmentation
         return {
-            "angle": angle * self.rotation,
-            "shift_x": shift_x * self.width_shift,
-            "shift_y": shift_y * self.height_shift,
-            "shear": shear * self.shear,
-            "zoom": 1.0 + zoom * self.zoom,
-            "flip": tf.cast(flip < 0.0, tf.float32) if self.horizontal_flip else tf.zeros_like(flip),
+            "angle": angle * float(aug.rotation),
+            "shift_x": shift_x * float(aug.width_shift),
+            "shift_y": shift_y * float(aug.height_shift),
+            "shear": shear * float(aug.shear),
+            "zoom": 1.0 + zoom * float(aug.zoom),
+            "flip": tf.cast(flip < 0.0, tf.float32) if aug.horizontal_flip else tf.zeros_like(flip),
         }
 
     def transform(self, images, params: dict[str, tf.Tensor]):
@@ -298,15 +301,6 @@ def inverse_matrices(params: dict[str, tf.Tensor], height, width) -> tf.Tensor:
 
 def from_config_augmentation(aug: Augmentation, seed: int | None = None) -> RandomAffine | None:
     """The RandomAffine layer for a configuration's `augmentation` section; None when every transform is off."""
-    if not (aug.rotation or aug.width_shift or aug.height_shift or aug.shear or aug.zoom or aug.horizontal_flip):
+    if not any(dataclasses.astuple(aug)):
         return None
-    return RandomAffine(
-        rotation=aug.rotation,
-        width_shift=aug.width_shift,
-        height_shift=aug.height_shift,
-        shear=aug.shear,
-        zoom=aug.zoom,
-        horizontal_flip=aug.horizontal_flip,
-        fill_mode="nearest",
-        seed=seed,
-    )
+    return RandomAffine(aug, fill_mode="nearest", seed=seed)

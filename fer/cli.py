@@ -51,13 +51,16 @@ def main():
               help="Continue a killed or failed run from its last finished epoch.")
 def train(phase, experiment, no_cache, settings, resume, **overrides):
     """Train PHASE (phase1, phase2, or a YAML file) as one MLflow run."""
+    # Where each value was given, for the error message: `mlflow run -P epochs=...` arrives as --epochs.
+    origins = {key: f"--{key.replace('_', '-')} (mlflow run -P {key})" for key in overrides}
     for setting in settings:
         key, sep, value = setting.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {setting!r}", param_hint="--set")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {setting[:80]!r}", param_hint="--set")
         overrides[key.strip()] = value.strip()
+        origins[key.strip()] = f"--set {key.strip()}=..."
     try:
-        config = load_config(phase, overrides)
+        config = load_config(phase, overrides, origins)
         if not resume:
             describe_source(config.data)  # a data path that is not there fails here, in a second
     except (ConfigError, DataError) as err:

@@ -24,21 +24,24 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from fer import reports
-from fer.diagnostics import STABILITY_BANDS, compare_rows, diagnose_run
 from fer.data.splits import EMOTIONS
-from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, TAG_STOPPED_BY, configure_tracking
+from fer.diagnostics import compare_rows, diagnose_logged_run
+from fer.history import (
+    OVERFIT_BANDS,
+    STABILITY_BANDS,
+    band,
+    best_epoch,
+    change_std,
+    gap_at,
+    learning_rate_steps,
+    read_history,
+)
+from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, TAG_STOPPED_BY, configure_tracking, experiment_in_use
 
 PHASE_COMMANDS = {
     "phase1": "mlflow run . -e phase1 --env-manager local --experiment-name {experiment}",
     "phase2": "mlflow run . -e phase2 --env-manager local --experiment-name {experiment}",
 }
-HISTORY_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
-
-# Word labels for train-minus-validation accuracy at the best epoch; those for
-# stability (std of epoch-to-epoch validation-accuracy changes) are shared with
-# fer.diagnostics.
-OVERFIT_BANDS = ((0.0, "none (validation above training)"), (0.05, "low"), (0.10, "moderate"), (float("inf"), "high"))
 
 
 class CompareError(LookupError):
@@ -65,8 +68,8 @@ class RunSummary:
 
     @property
     def best_epoch(self) -> int:
-        """0-based index of the best validation accuracy (first on ties)."""
-        return int(np.argmax(self.history["val_accuracy"]))
+        """0-based index of the best validation accuracy (first on ties; a NaN epoch is never the best)."""
+        return best_epoch(self.history["val_accuracy"])
 
     @property
     def best_val_accuracy(self) -> float:
@@ -74,18 +77,18 @@ class RunSummary:
 
     @property
     def best_val_loss(self) -> float:
-        return float(np.min(self.history["val_loss"]))
+        return float(self.history["val_loss"][best_epoch(self.history["val_loss"], higher_is_better=False)])
 
     @property
     def volatility(self) -> float:
-        """Standard deviation of the epoch-to-epoch changes in validation accuracy."""
-        changes = np.diff(self.history["val_accuracy"])
-        return float(np.std(changes)) if len(changes) else 0.0
+        """Standard deviation of the finite epoch-to-epoch changes in validation accuracy (0 with none)."""
+        std = change_std(self.history["val_accuracy"])
+        return 0.0 if std is None else std
 
     @property
     def overfit_gap(self) -> float:
-        """Train minus validation accuracy at the best validation epoch."""
-        return float(self.history["accuracy"][self.best_epoch] - self.best_val_accuracy)
+        """Train minus validation accuracy at the best validation epoch (NaN when training's is NaN there)."""
+        return gap_at(self.history, self.best_epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +97,6 @@ class Row:
     baseline: str
     final: str
     improvement: str
-
-
-def band(value: float, bands) -> str:
-    return next(label for limit, label in bands if value < limit or (limit == 0.0 and value <= 0.0))
 
 
 # ------------------------------------------------------------------ finding runs
@@ -134,13 +133,8 @@ def resolve_runs(
     return found["phase1"], found["phase2"]
 
 
-def summarize(client: MlflowClient, run: Run) -> RunSummary:
-    """Per-epoch histories, read back from MLflow and ordered by step."""
-    history = {}
-    for key in HISTORY_KEYS:
-        values = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        if values:
-            history[key] = [m.value for m in values]
+def summarize(run: Run, history: dict[str, list[float]]) -> RunSummary:
+    """What the table needs from `run`, with its histories as `fer.history.read_history` gives them."""
     for key in ("accuracy", "val_accuracy", "val_loss"):
         if key not in history:
             raise CompareError(f"Run {run.info.run_id} has no {key} history; is it a fer training run?")
@@ -169,6 +163,8 @@ def _points(delta: float) -> str:
 
 
 def _change(delta: float, higher_is_better: bool, unit) -> str:
+    if np.isnan(delta):
+        return "n/a"
     if np.isclose(delta, 0.0, atol=1e-12):
         return "no change"
     better = (delta > 0) == higher_is_better
@@ -238,9 +234,12 @@ def _epochs_text(summary: RunSummary) -> str:
 HEADER = ("Metric", "Baseline (phase 1)", "Final (phase 2)", "Improvement")
 
 
-def diagnostic_rows(client: MlflowClient, baseline: RunSummary, final: RunSummary) -> list[Row]:
-    """The measured statements of `fer.diagnostics` for both runs, side by side."""
-    pairs = compare_rows(diagnose_run(baseline.run_id, client), diagnose_run(final.run_id, client))
+def diagnostic_rows(
+    client: MlflowClient, runs: tuple[Run, Run], summaries: tuple[RunSummary, RunSummary]
+) -> list[Row]:
+    """The measured statements of `fer.diagnostics` for both runs, side by side (histories not read again)."""
+    baseline, final = (diagnose_logged_run(run, summary.history, client) for run, summary in zip(runs, summaries))
+    pairs = compare_rows(baseline, final)
     return [Row(f"Diagnosis: {aspect}", b, f, "") for aspect, b, f in pairs]
 
 
@@ -299,7 +298,7 @@ def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
             values = summary.history[key]
             epochs = np.arange(1, len(values) + 1)
             ax.plot(epochs, values, marker="o", markersize=3, color=color, label=f"{label} ({summary.phase})")
-            for epoch, _, new in reports.learning_rate_steps(summary.history):
+            for epoch, _, new in learning_rate_steps(summary.history):
                 ax.axvline(epoch + 1, color=color, linestyle="--", alpha=0.6)
                 ax.annotate(f"lr {new:.0e}", (epoch + 1, 1), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=7, color=color)
@@ -325,11 +324,10 @@ def compare(
     """Build the table, log it to a `compare` run; returns (compare run id, rows, markdown)."""
     configure_tracking(None)
     client = MlflowClient()
-    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: compare within that run's experiment
-        experiment = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id).name
-    baseline_run, final_run = resolve_runs(client, experiment, baseline_run_id, final_run_id)
-    baseline, final = summarize(client, baseline_run), summarize(client, final_run)
-    rows = comparison_rows(baseline, final) + diagnostic_rows(client, baseline, final)
+    experiment = experiment_in_use(client, experiment)
+    runs = resolve_runs(client, experiment, baseline_run_id, final_run_id)
+    baseline, final = (summarize(run, read_history(client, run.info.run_id)) for run in runs)
+    rows = comparison_rows(baseline, final) + diagnostic_rows(client, runs, (baseline, final))
     markdown = to_markdown(rows, baseline, final)
 
     if not os.environ.get("MLFLOW_RUN_ID"):

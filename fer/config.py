@@ -8,6 +8,7 @@ parameter, what was given and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,14 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy", "learning_rate")
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message says which and why."""
+    """A configuration value that cannot be used; the message says which, what was given, what is allowed.
+
+    `key`: the flat setting name ("reduce_lr.patience") when one setting is at fault.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +116,37 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_config(phase_or_path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    phase_or_path: str, overrides: dict[str, Any] | None = None, override_origins: dict[str, str] | str = "overrides"
+) -> TrainConfig:
     """The configuration of a phase ("phase1", "phase2") or YAML file, with overrides applied.
 
     Overrides use the flat names of `TrainConfig.to_params` ("epochs",
     "augmentation.rotation"); a value of None leaves the file's value alone.
+    `override_origins` says where the overrides were given, for the error
+    messages: one text for all, or one per key (the CLI passes "--set", "--epochs").
+    Every problem is a ConfigError naming the setting (section-qualified), the
+    value given, what is allowed and where it came from, raised before any data
+    or TensorFlow is loaded.
+
+    >>> load_config("phase2", {"epochs": "3"}).epochs
+    3
+    >>> load_config("phase2", {"reduce_lr.patience": "abc"}, "--set")
+    Traceback (most recent call last):
+    fer.config.ConfigError: reduce_lr.patience must be a whole number (e.g. 3); got 'abc' (from --set)
     """
+    path = _config_path(phase_or_path)
+    values = _read_yaml(path)
+    origins = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            where = override_origins if isinstance(override_origins, str) else override_origins.get(key, "overrides")
+            _set_nested(values, key, value, where)
+            origins[key] = where
+    return from_dict(values, origin=str(path), key_origins=origins)
+
+
+def _config_path(phase_or_path: str) -> Path:
     path = Path(phase_or_path)
     if phase_or_path in PHASES:
         # The working folder's experiments/ first, so a team can keep its own copies.
@@ -122,53 +155,124 @@ def load_config(phase_or_path: str, overrides: dict[str, Any] | None = None) -> 
                     candidates[-1] / f"{phase_or_path}.yaml")
     if not path.is_file():
         raise ConfigError(f"No experiment configuration at {path}; expected one of {PHASES} or a YAML file.")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+    return path
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's settings as a dict; ConfigError (file, line, what to fix) for anything that is not."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text: byte {err.start} is {raw[err.start:err.start + 1]!r}; "
+                          "save the file as UTF-8.") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the file "
+                          "(settings are `key: value` lines, sections indented under their name).") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, got {type(values).__name__}.")
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_nested(values, key.split("."), value)
-    return from_dict(values, origin=str(path))
+        raise ConfigError(f"{path} must hold a mapping of settings (`key: value` lines); got {type(values).__name__} "
+                          f"{_quote(values)}.")
+    return values
 
 
-def _set_nested(values: dict, keys: list[str], value) -> None:
-    for key in keys[:-1]:
-        values = values.setdefault(key, {})
-    values[keys[-1]] = value
+def _set_nested(values: dict, key: str, value, where: str) -> None:
+    """values["a"]["b"] = value for key "a.b"; a plain setting cannot take a sub-key."""
+    *sections, last = key.split(".")
+    for depth, name in enumerate(sections):
+        inner = values.setdefault(name, {})
+        if not isinstance(inner, dict):
+            setting = ".".join(sections[:depth + 1])
+            raise ConfigError(f"{key}: {setting} is a single setting, not a section, so it has no "
+                              f"{'.'.join(key.split('.')[depth + 1:])!r}; sections are {', '.join(SECTIONS)}; "
+                              f"got {_quote(value)} (from {where})", key=key)
+        values = inner
+    values[last] = value
 
 
-def from_dict(values: dict, origin: str = "configuration") -> TrainConfig:
-    """Build and validate a TrainConfig from nested plain values."""
-    sections = {"augmentation": Augmentation, "reduce_lr": ReduceLR, "early_stopping": EarlyStopping}
+SECTIONS = {"augmentation": Augmentation, "reduce_lr": ReduceLR, "early_stopping": EarlyStopping}
+
+# What each field type accepts, as the error messages say it.
+_ALLOWED = {
+    int: "a whole number (e.g. 3)",
+    float: "a finite number (e.g. 0.001)",
+    bool: "true or false (also yes/no, 1/0)",
+    str: "text",
+}
+
+
+def from_dict(values: dict, origin: str = "configuration", key_origins: dict[str, str] | None = None) -> TrainConfig:
+    """Build and validate a TrainConfig from nested plain values.
+
+    `origin` names where `values` came from (a file, a run); `key_origins`
+    maps flat keys given elsewhere (command-line overrides) to where. Both
+    end up in the ConfigError of a bad value.
+    """
+    where = _Origins(origin, key_origins or {})
     kwargs = {}
     for key, value in values.items():
-        if key in sections:
-            kwargs[key] = _build(sections[key], value or {}, f"{origin}: {key}")
+        if key in SECTIONS:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                fields = ", ".join(f.name for f in dataclasses.fields(SECTIONS[key]))
+                raise ConfigError(f"{key} must be a section (a mapping with any of {fields}); "
+                                  f"got {_quote(value)} ({where(key)})", key=key)
+            kwargs[key] = _build(SECTIONS[key], value, f"{key}.", where)
         else:
             kwargs[key] = value
-    config = _build(TrainConfig, kwargs, origin)
-    validate(config)
+    config = _build(TrainConfig, kwargs, "", where)
+    try:
+        validate(config)
+    except ConfigError as err:
+        if err.key is None:
+            raise
+        raise ConfigError(f"{err} ({where(err.key)})", key=err.key) from None
     return config
 
 
-def _build(cls, values: dict, origin: str):
+@dataclasses.dataclass(frozen=True)
+class _Origins:
+    """Where a flat key's value came from, as error messages say it."""
+
+    origin: str
+    key_origins: dict[str, str]
+
+    def __call__(self, key: str) -> str:
+        return f"from {self.key_origins[key]}" if key in self.key_origins else f"in {self.origin}"
+
+
+def _build(cls, values: dict, prefix: str, where: _Origins):
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(str(key) for key in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{origin}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+        qualified = [f"{prefix}{key}" for key in unknown]
+        raise ConfigError(f"unknown setting(s) {qualified} ({where(qualified[0])}); known: "
+                          f"{sorted(prefix + name for name in fields)}", key=qualified[0])
     converted = {}
     for name, value in values.items():
         default = fields[name].default
-        converted[name] = value if dataclasses.is_dataclass(default) else _coerce(value, type(default), name)
+        if dataclasses.is_dataclass(default):
+            converted[name] = value
+        elif isinstance(value, (dict, list)):
+            raise ConfigError(f"{prefix}{name} is a single setting ({_ALLOWED[type(default)]}), not a section or "
+                              f"list; got {_quote(value)} ({where(prefix + name)})", key=prefix + name)
+        else:
+            converted[name] = _coerce(value, type(default), prefix + name, where)
     return cls(**converted)
 
 
-def _coerce(value, kind: type, name: str):
-    """Parameters arrive as strings from `mlflow run -P`; turn them into the field's type."""
+def _coerce(value, kind: type, key: str, where: _Origins):
+    """Parameters arrive as strings from `mlflow run -P` and `--set`; turn them into the field's type."""
     if kind is str and isinstance(value, bool):
         return str(value).lower()  # YAML's `jit_compile: true` means the setting "true"
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+    if isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool)):
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{key} must be {_ALLOWED[kind]}; got {_quote(value)} ({where(key)})", key=key)
         return value
     try:
         if kind is bool:
@@ -177,72 +281,86 @@ def _coerce(value, kind: type, name: str):
             if str(value).lower() in ("false", "0", "no"):
                 return False
             raise ValueError
+        if isinstance(value, bool):  # YAML's `epochs: yes` is not 1
+            raise ValueError
         if kind is int:
             as_float = float(value)
             if not as_float.is_integer():
                 raise ValueError
             return int(as_float)
+        if kind is float and not math.isfinite(float(value)):
+            raise ValueError
         return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {kind.__name__}; got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key} must be {_ALLOWED[kind]}; got {_quote(value)} ({where(key)})", key=key) from None
+
+
+def _quote(value, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error message never carries a whole file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def validate(config: TrainConfig) -> None:
-    """Reject values that would fail later, or silently train something else."""
-    if config.model not in MODELS:
-        raise ConfigError(f"model must be one of {', '.join(MODELS)}; got {config.model!r}")
+    """Reject values that would fail later, or silently train something else.
+
+    Each ConfigError names the setting (its `key`), the value and what is allowed;
+    `from_dict` adds where the value came from.
+    """
+    _require(config.model in MODELS, "model", f"one of {', '.join(MODELS)}", config.model)
     for name in ("epochs", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be a positive whole number; got {getattr(config, name)}")
-    if not config.learning_rate > 0:
-        raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
-    if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {config.optimizer!r}")
-    if config.distribute not in STRATEGIES:
-        raise ConfigError(f"distribute must be one of {', '.join(STRATEGIES)}; got {config.distribute!r}")
-    if config.max_minutes < 0:
-        raise ConfigError(f"max_minutes must be 0 (no limit) or a positive number of minutes; got {config.max_minutes}")
+        _require(getattr(config, name) >= 1, name, "a positive whole number", getattr(config, name))
+    # numpy's generator (keras.utils.set_random_seed) takes seeds from 0 to 2**32 - 1.
+    _require(0 <= config.seed < 2**32, "seed", f"a whole number from 0 to {2**32 - 1}", config.seed)
+    _require(config.learning_rate > 0, "learning_rate", "positive", config.learning_rate)
+    _require(config.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}", config.optimizer)
+    _require(config.distribute in STRATEGIES, "distribute", f"one of {', '.join(STRATEGIES)}", config.distribute)
+    _require(config.max_minutes >= 0, "max_minutes", "0 (no limit) or a positive number of minutes",
+             config.max_minutes)
     if config.max_minutes and config.distribute == "multi_worker":
         raise ConfigError(
             "max_minutes cannot be used with distribute: multi_worker (each worker's clock would stop it "
-            "after a different epoch, and the others would wait for it forever); set epochs instead"
+            "after a different epoch, and the others would wait for it forever); set epochs instead", key="max_minutes"
         )
-    if config.jit_compile.lower() not in JIT_CHOICES:
-        raise ConfigError(f"jit_compile must be one of {', '.join(JIT_CHOICES)}; got {config.jit_compile!r}")
-    if config.dtype_policy not in DTYPE_POLICIES:
-        raise ConfigError(f"dtype_policy must be one of {', '.join(DTYPE_POLICIES)}; got {config.dtype_policy!r}")
-    if config.class_weight not in CLASS_WEIGHTS:
-        raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}; got {config.class_weight!r}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {config.lr_schedule!r}")
-    if not 0 <= config.warmup_epochs <= config.epochs:
-        raise ConfigError(f"warmup_epochs must be between 0 and epochs ({config.epochs}); got {config.warmup_epochs}")
-    if not 0 <= config.final_lr_fraction < 1:
-        raise ConfigError(f"final_lr_fraction must be in [0, 1); got {config.final_lr_fraction}")
-    if config.tta not in TTA_CHOICES:
-        raise ConfigError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {config.tta!r}")
-    if config.checkpoint_upload_every < 0:
-        raise ConfigError(f"checkpoint_upload_every must be 0 (on failure only) or a number of epochs; "
-                          f"got {config.checkpoint_upload_every}")
+    _require(config.jit_compile.lower() in JIT_CHOICES, "jit_compile", f"one of {', '.join(JIT_CHOICES)}",
+             config.jit_compile)
+    _require(config.dtype_policy in DTYPE_POLICIES, "dtype_policy", f"one of {', '.join(DTYPE_POLICIES)}",
+             config.dtype_policy)
+    _require(config.class_weight in CLASS_WEIGHTS, "class_weight", f"one of {', '.join(CLASS_WEIGHTS)}",
+             config.class_weight)
+    _require(config.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}",
+             config.lr_schedule)
+    _require(0 <= config.warmup_epochs <= config.epochs, "warmup_epochs",
+             f"a number of epochs from 0 to epochs ({config.epochs})", config.warmup_epochs)
+    _require(0 <= config.final_lr_fraction < 1, "final_lr_fraction", "a fraction in [0, 1)", config.final_lr_fraction)
+    _require(config.tta in TTA_CHOICES, "tta", f"one of {', '.join(TTA_CHOICES)}", config.tta)
+    _require(config.checkpoint_upload_every >= 0, "checkpoint_upload_every",
+             "0 (upload on failure only) or a number of epochs", config.checkpoint_upload_every)
     try:
         LabelMode.parse(config.label_mode)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if not 0 <= config.label_smoothing < 1:
-        raise ConfigError(f"label_smoothing must be in [0, 1); got {config.label_smoothing}")
-    if not 0 < config.val_fraction < 1:
-        raise ConfigError(f"val_fraction must be between 0 and 1; got {config.val_fraction}")
-    if not 0 < config.reduce_lr.factor < 1:
-        raise ConfigError(f"reduce_lr.factor must be between 0 and 1; got {config.reduce_lr.factor}")
+        raise ConfigError(str(err), key="label_mode") from None
+    _require(0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)", config.label_smoothing)
+    _require(0 < config.val_fraction < 1, "val_fraction", "between 0 and 1", config.val_fraction)
+    _require(0 < config.reduce_lr.factor < 1, "reduce_lr.factor", "between 0 and 1", config.reduce_lr.factor)
     for section in ("reduce_lr", "early_stopping"):
+        _require(getattr(config, section).patience >= 0, f"{section}.patience", "a whole number of epochs, 0 or more",
+                 getattr(config, section).patience)
         monitor = getattr(config, section).monitor
-        if monitor not in MONITORS:
-            raise ConfigError(f"{section}.monitor must be one of {', '.join(MONITORS)}; got {monitor!r}")
-    aug = config.augmentation
-    for name in ("width_shift", "height_shift", "zoom"):
-        if not 0 <= getattr(aug, name) < 1:
-            raise ConfigError(f"augmentation.{name} must be in [0, 1); got {getattr(aug, name)}")
-    if not 0 <= aug.rotation <= 180:
-        raise ConfigError(f"augmentation.rotation must be degrees in [0, 180]; got {aug.rotation}")
-    if not 0 <= aug.shear < 1:
-        raise ConfigError(f"augmentation.shear must be in [0, 1); got {aug.shear}")
+        _require(monitor in MONITORS, f"{section}.monitor", f"one of {', '.join(MONITORS)}", monitor)
+    check_augmentation(config.augmentation)
+
+
+def _require(ok: bool, key: str, allowed: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}; got {_quote(value)}", key=key)
+
+
+def check_augmentation(aug: Augmentation, prefix: str = "augmentation.") -> None:
+    """The transforms' ranges, checked once for the configuration and for `fer.augment.RandomAffine`.
+
+    Raises ConfigError naming `prefix` + the transform, the value and the range allowed.
+    """
+    for name in ("width_shift", "height_shift", "shear", "zoom"):
+        _require(0 <= getattr(aug, name) < 1, f"{prefix}{name}", "a fraction in [0, 1)", getattr(aug, name))
+    _require(0 <= aug.rotation <= 180, f"{prefix}rotation", "degrees in [0, 180]", aug.rotation)

@@ -9,7 +9,7 @@ epoch-to-epoch noise, the text says so instead of claiming an effect.
 
 What is computed, and the rules (thresholds are the named constants below):
 
-* Learning-rate steps (`fer.reports.learning_rate_steps`). For each step, the
+* Learning-rate steps (`fer.history.learning_rate_steps`). For each step, the
   mean val_accuracy and val_loss over up to LR_WINDOW epochs from the first
   epoch at the new rate, against up to LR_WINDOW epochs before it; windows
   stop at the neighbouring steps. A change is *clear* when it is larger than
@@ -27,8 +27,8 @@ What is computed, and the rules (thresholds are the named constants below):
 * Overfitting onset: the first epoch after which validation loss rises at
   each of at least OVERFIT_MIN_RISES consecutive epochs while training loss
   falls at each of them; otherwise "none detected".
-* Stability: the std of the epoch-to-epoch changes of val_accuracy (as the
-  compare table computes it) before and after the first learning-rate step
+* Stability: the std of the epoch-to-epoch changes of val_accuracy
+  (`fer.history.change_std`, as the compare table) before and after the first learning-rate step
   (the change across the step itself belongs to neither side), or over the
   whole run when there is no step; words from STABILITY_BANDS; "lower" or
   "higher" after the step only beyond a factor of VOLATILITY_RATIO.
@@ -66,8 +66,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
-from fer.reports import _format_rate, learning_rate_steps
+from fer.history import (
+    HISTORY_KEYS,
+    REQUIRED_KEYS,
+    STABILITY_BANDS,
+    band,
+    best_epoch,
+    change_std,
+    format_rate,
+    learning_rate_steps,
+    read_history,
+)
 from fer.tracking import TAG_STOPPED_BY
 
 # ----------------------------------------------------------------------- rules
@@ -90,9 +101,6 @@ GAP_TOLERANCE = 0.01  # within 1 point the two are "about equal"
 
 OVERFIT_MIN_RISES = 3
 
-# Also the compare table's stability words (fer.compare imports them), on the same
-# measure; kept here so that compare may import this module without a cycle.
-STABILITY_BANDS = ((0.01, "stable"), (0.03, "moderately volatile"), (float("inf"), "volatile"))
 STABILITY_MIN_CHANGES = 2
 VOLATILITY_RATIO = 1.5
 
@@ -105,8 +113,6 @@ REGULARIZER_KINDS = ("dropout", "augmentation", "label smoothing")
 LOWEST_RECALL_COUNT = 3
 TOP_CONFUSIONS = 3
 
-REQUIRED_KEYS = ("accuracy", "loss", "val_accuracy", "val_loss")
-HISTORY_KEYS = REQUIRED_KEYS + ("learning_rate",)
 CONFUSION_ARTIFACT = "confusion_matrix.json"
 MARKDOWN_ARTIFACT = "diagnostics.md"
 JSON_ARTIFACT = "diagnostics.json"
@@ -159,7 +165,7 @@ class StepEffect:
     val_loss_effect: str | None  # "fall", "rise" or "within noise"
 
     def _head(self) -> str:
-        rates = f"{_format_rate(self.old_rate)} -> {_format_rate(self.new_rate)}"
+        rates = f"{format_rate(self.old_rate)} -> {format_rate(self.new_rate)}"
         return f"Learning-rate step at epoch {self.epoch} ({rates})"
 
     def _windows(self) -> str:
@@ -203,7 +209,7 @@ class StepEffect:
 
     def short(self) -> str:
         """One clause for the end-of-training summary."""
-        head = f"epoch {self.epoch} ({_format_rate(self.old_rate)} -> {_format_rate(self.new_rate)})"
+        head = f"epoch {self.epoch} ({format_rate(self.old_rate)} -> {format_rate(self.new_rate)})"
         if self.verdict == "too few epochs":
             return f"{head}: too few epochs to judge"
         if self.verdict == "no clear effect":
@@ -224,7 +230,7 @@ class LearningRates:
         if not self.logged:
             return ["No learning rate was logged, so learning-rate steps cannot be identified."]
         if not self.steps:
-            return [f"The learning rate stayed at {_format_rate(self.initial_rate)} for all {epochs} epochs."]
+            return [f"The learning rate stayed at {format_rate(self.initial_rate)} for all {epochs} epochs."]
         return [step.statement() for step in self.steps]
 
 
@@ -752,8 +758,8 @@ def _convergence(
     values = series[monitor]
     if not np.isfinite(values).any():
         raise ValueError(f"history[{monitor!r}] has no finite value")
-    # nanarg*: a diverged epoch is never the best; first on ties, as Keras's strict improvement test.
-    best = int(np.nanargmax(values) if monitor.endswith("accuracy") else np.nanargmin(values))
+    higher_is_better = monitor.endswith("accuracy")
+    best = best_epoch(values, higher_is_better)  # a diverged epoch is never the best; first on ties
     epochs = len(values)
     planned = _int(params.get("config.epochs"))
     stopping = _bool(params.get("config.early_stopping.enabled"))
@@ -779,7 +785,7 @@ def _convergence(
             model_epoch = None
         else:  # EarlyStopping's best weights live in memory: a resumed sitting only knows its own epochs
             last = values[first - 1:]
-            model_epoch = first + int(np.nanargmax(last) if monitor.endswith("accuracy") else np.nanargmin(last))
+            model_epoch = first + best_epoch(last, higher_is_better)
     else:
         model_epoch = epochs
     return Convergence(
@@ -825,14 +831,15 @@ def _classes(confusion: dict) -> Classes:
 def diagnose_run(run_id: str, client: MlflowClient | None = None) -> Diagnostics:
     """Diagnostics of a logged training run: its metric histories, params and confusion_matrix.json."""
     client = client or MlflowClient()
-    run = client.get_run(run_id)
-    history = {}
-    for key in HISTORY_KEYS:
-        # By step; a step logged twice keeps its latest value.
-        by_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
-                                                    key=lambda m: (m.step, m.timestamp))}
-        if by_step:
-            history[key] = [by_step[step] for step in sorted(by_step)]
+    return diagnose_logged_run(client.get_run(run_id), read_history(client, run_id), client)
+
+
+def diagnose_logged_run(run: Run, history: dict[str, list[float]], client: MlflowClient) -> Diagnostics:
+    """Diagnostics of a run already fetched, with its histories already read (`fer.history.read_history`).
+
+    For callers that read the run for other purposes too (`fer.compare`), so nothing is fetched twice.
+    """
+    run_id = run.info.run_id
     tags = run.data.tags
     sittings = int(tags.get("fer.sittings", "1"))
     first = tags.get(f"fer.sitting_{sittings}.first_epoch")
@@ -881,10 +888,8 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 def _change_std(values: np.ndarray, min_changes: int = NOISE_MIN_EPOCHS - 1) -> float | None:
-    """Population std of the finite epoch-to-epoch changes (as fer.compare), None with too few."""
-    changes = np.diff(values)
-    changes = changes[np.isfinite(changes)]
-    return float(np.std(changes)) if len(changes) >= min_changes else None
+    """`fer.history.change_std` with the noise rule's minimum number of changes by default."""
+    return change_std(values, min_changes)
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
@@ -931,7 +936,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _volatility(std: float) -> str:
-    word = next(label for limit, label in STABILITY_BANDS if std < limit)
+    word = band(std, STABILITY_BANDS)
     return f"{_points(std, signed=False)} points ({word})"
 
 

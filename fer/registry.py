@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fer.tracking import TAG_PHASE, configure_tracking
+from fer.tracking import TAG_PHASE, configure_tracking, experiment_in_use
 
 DEFAULT_MODEL_NAME = "fer-emotion"
 DEFAULT_METRIC = "best_val_accuracy"
@@ -113,8 +113,7 @@ def promote(
     """Register `run_id`'s model (default: the best finished phase-2 run) and apply the champion gate."""
     configure_tracking(None)
     client = MlflowClient()
-    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: choose within that run's experiment
-        experiment = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id).name
+    experiment = experiment_in_use(client, experiment)
     source = client.get_run(run_id) if run_id else best_finished_run(client, experiment, metric)
     if metric not in source.data.metrics:
         raise PromotionError(f"Run {source.info.run_id} has no metric {metric!r}; choose another with --metric.")

@@ -38,23 +38,18 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from fer.history import best_epoch, format_rate, learning_rate_steps
+from fer.history import learning_rates as _learning_rates
+from fer.history import series as _series
+
 __all__ = [
     "BestPerformance",
     "Evaluation",
     "best_performance",
     "evaluate_predictions",
-    "learning_rate_steps",
     "plot_confusion_matrix",
     "plot_history",
 ]
-
-# Keras 3 logs the rate as "learning_rate"; Keras 2 pickles (the hand-made
-# reports this module replaces) used "lr". The first one present wins.
-_LR_KEYS = ("learning_rate", "lr")
-
-# Relative tolerance for "the rate changed": float32 round-trips of the same
-# rate differ by ~1e-7 relative, a real schedule step is a factor like 0.1-0.5.
-_LR_RTOL = 1e-4
 
 # Above this many epochs per-epoch markers turn the curves into a smear.
 _MARKER_MAX_EPOCHS = 40
@@ -66,50 +61,6 @@ _STEP_COLOR = "0.45"
 
 
 # --------------------------------------------------------------------------- history
-
-
-def _series(history: dict, key: str) -> np.ndarray | None:
-    """The values logged under `key` as floats, or None when absent or empty."""
-    values = history.get(key)
-    if values is None or len(values) == 0:
-        return None
-    return np.asarray(values, dtype=float).reshape(-1)
-
-
-def _learning_rates(history: dict) -> np.ndarray | None:
-    for key in _LR_KEYS:
-        rates = _series(history, key)
-        if rates is not None:
-            return rates
-    return None
-
-
-def learning_rate_steps(history: dict) -> list[tuple[int, float, float]]:
-    """Epochs where the learning rate changed, as ``(epoch, old_rate, new_rate)``.
-
-    `epoch` is the 0-based index of the first epoch that ran at the new rate.
-    Empty when the history has no learning rate or it never changes. Changes
-    within a relative tolerance (float32 noise) are not steps.
-    """
-    rates = _learning_rates(history)
-    if rates is None:
-        return []
-    steps = []
-    for epoch in range(1, len(rates)):
-        old, new = rates[epoch - 1], rates[epoch]
-        # atol=0: rates are tiny (1e-5), an absolute tolerance would hide real steps.
-        if not np.isclose(new, old, rtol=_LR_RTOL, atol=0.0):
-            steps.append((epoch, float(old), float(new)))
-    return steps
-
-
-def _format_rate(rate: float) -> str:
-    """1e-4, 5e-5, 3.2e-4: the compact scientific form people write rates in."""
-    if rate == 0 or not np.isfinite(rate):
-        return f"{rate:g}"
-    mantissa, exponent = f"{rate:.2e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def _epochs(values: np.ndarray) -> np.ndarray:
@@ -137,7 +88,7 @@ def _mark_best_val_accuracy(ax, history: dict) -> None:
     values = _series(history, "val_accuracy")
     if values is None or np.all(np.isnan(values)):
         return
-    best = int(np.nanargmax(values))
+    best = best_epoch(values)
     # Star plus a legend entry instead of a text box: the legend finds free
     # space by itself, a text box would sit on the curves whatever their shape.
     ax.plot(
@@ -170,7 +121,7 @@ def _mark_lr_steps(ax, steps, annotate: bool) -> None:
         )
         if annotate:
             ax.annotate(
-                f"lr \u2192 {_format_rate(new)}",
+                f"lr \u2192 {format_rate(new)}",
                 xy=(x, 1.0),
                 xycoords=("data", "axes fraction"),
                 xytext=(-3, -4),
@@ -189,7 +140,7 @@ def _steps_label(steps) -> str:
         # More would make the legend bigger than the plot; the lr panel has them all.
         return f"{len(steps)} lr steps (see learning rate)"
     return ", ".join(
-        f"lr \u2192 {_format_rate(new)} from epoch {epoch + 1}" for epoch, _, new in steps
+        f"lr \u2192 {format_rate(new)} from epoch {epoch + 1}" for epoch, _, new in steps
     )
 
 
@@ -338,8 +289,8 @@ class BestPerformance:
         return dataclasses.asdict(self)
 
 
-def _best(history: dict, key: str, pick) -> tuple[float, int]:
-    """(value, 1-based epoch) of the best entry of history[key]; pick is nanargmax/nanargmin."""
+def _best(history: dict, key: str, higher_is_better: bool) -> tuple[float, int]:
+    """(value, 1-based epoch) of the best entry of history[key], first on ties."""
     values = _series(history, key)
     if values is None:
         raise ValueError(
@@ -348,8 +299,7 @@ def _best(history: dict, key: str, pick) -> tuple[float, int]:
         )
     if np.all(np.isnan(values)):
         raise ValueError(f"history[{key!r}] is all NaN")
-    # nan-aware: a diverged epoch (loss = nan) must not become the "best".
-    index = int(pick(values))  # first occurrence on ties: the earliest epoch
+    index = best_epoch(values, higher_is_better)  # a diverged epoch (loss = nan) is never the "best"
     return float(values[index]), index + 1
 
 
@@ -359,10 +309,10 @@ def best_performance(history: dict) -> BestPerformance:
     Raises ValueError naming the key when accuracy, loss, val_accuracy or
     val_loss is missing or empty.
     """
-    train_acc, train_acc_epoch = _best(history, "accuracy", np.nanargmax)
-    val_acc, val_acc_epoch = _best(history, "val_accuracy", np.nanargmax)
-    train_loss, train_loss_epoch = _best(history, "loss", np.nanargmin)
-    val_loss, val_loss_epoch = _best(history, "val_loss", np.nanargmin)
+    train_acc, train_acc_epoch = _best(history, "accuracy", True)
+    val_acc, val_acc_epoch = _best(history, "val_accuracy", True)
+    train_loss, train_loss_epoch = _best(history, "loss", False)
+    val_loss, val_loss_epoch = _best(history, "val_loss", False)
     epochs = max(len(history[k]) for k in ("accuracy", "val_accuracy", "loss", "val_loss"))
     return BestPerformance(
         best_train_accuracy=train_acc,

@@ -47,6 +47,19 @@ def configure_tracking(experiment: str | None = None) -> str:
     return mlflow.get_tracking_uri()
 
 
+def experiment_in_use(client: MlflowClient, experiment: str) -> str:
+    """The experiment a command works in: inside `mlflow run`, the one its run (MLFLOW_RUN_ID) is in.
+
+    `mlflow run --experiment-name X` creates the run in X before the entry point
+    starts; compare and promote then search and log there, whatever their own
+    `--experiment` default says. Outside `mlflow run`, `experiment` itself.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return experiment
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 class TrackingServerError(ConnectionError):
     """The tracking server cannot be used; raised before any work starts."""
 

@@ -237,26 +237,33 @@ def test_a_model_with_the_layer_saves_and_loads(tmp_path, faces):
     assert loaded.get_layer("augment")(faces[0], training=True).shape == faces[0].shape
 
 
-def test_a_model_with_the_layer_trains(faces):
-    """model.fit runs the layer in training mode inside Keras's (possibly XLA-compiled) train step."""
-    images, labels = faces
+def test_model_fit_augments_and_evaluate_does_not(faces):
+    """model.fit runs the layer in training mode inside Keras's (possibly XLA-compiled) train step.
+
+    With a frozen linear read-out (learning rate 0) and targets computed without augmentation,
+    the loss is zero exactly when the layer leaves the images alone: evaluate (inference) must
+    give zero, fit (training) must not.
+    """
+    images, _ = faces
     model = keras.Sequential([
         keras.Input((SIZE, SIZE, 1)),
         RandomAffine(rotation=15, width_shift=0.1, horizontal_flip=True, seed=0),
         keras.layers.Rescaling(1 / 255),
         keras.layers.Flatten(),
-        keras.layers.Dense(8, activation="softmax"),
+        keras.layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(seed=1)),
     ])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    history = model.fit(images, labels, batch_size=16, epochs=2, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
+    targets = model.predict(images, verbose=0)  # inference: no augmentation
+    assert model.evaluate(images, targets, batch_size=16, verbose=0) < 1e-8
+    history = model.fit(images, targets, batch_size=16, epochs=1, verbose=0)
+    assert history.history["loss"][0] > 1e-3
 
 
 def test_config_round_trip_and_validation():
     layer = RandomAffine(rotation=10, width_shift=0.05, zoom=0.2, horizontal_flip=True, fill_mode="reflect", seed=9)
     config = layer.get_config()
     assert RandomAffine.from_config(config).get_config() == config
-    assert config["rotation"] == 10 and config["fill_mode"] == "reflect" and config["seed"] == 9
+    assert config["augmentation"]["rotation"] == 10 and config["fill_mode"] == "reflect" and config["seed"] == 9
     with pytest.raises(ValueError, match="width_shift"):
         RandomAffine(width_shift=1.5)
     with pytest.raises(ValueError, match="fill_mode"):
@@ -267,14 +274,23 @@ def test_from_config_augmentation():
     assert from_config_augmentation(Augmentation(0, 0, 0, 0, 0, False), seed=1) is None
     layer = from_config_augmentation(Augmentation(), seed=4)
     assert isinstance(layer, RandomAffine)
-    defaults = Augmentation()
-    assert (layer.rotation, layer.width_shift, layer.height_shift, layer.shear, layer.zoom, layer.horizontal_flip) == (
-        defaults.rotation, defaults.width_shift, defaults.height_shift, defaults.shear, defaults.zoom,
-        defaults.horizontal_flip,
-    )
+    assert layer.augmentation == Augmentation()  # the configuration's object itself, every transform
     assert layer.fill_mode == "nearest" and layer.seed == 4
     only_flip = from_config_augmentation(Augmentation(0, 0, 0, 0, 0, True), seed=1)
-    assert only_flip is not None and only_flip.horizontal_flip
+    assert only_flip is not None and only_flip.augmentation.horizontal_flip
+
+
+def test_transforms_are_one_object_or_keywords_and_round_trip_through_get_config():
+    aug = Augmentation(rotation=12.0, zoom=0.2, horizontal_flip=False)
+    layer = RandomAffine(aug, seed=3)
+    assert layer.augmentation is aug
+    assert RandomAffine.from_config(layer.get_config()).augmentation == aug
+    keywords = RandomAffine(rotation=12.0, zoom=0.2)  # standalone: the transforms not named are off
+    assert keywords.augmentation == Augmentation(12.0, 0.0, 0.0, 0.0, 0.2, False)
+    with pytest.raises(ValueError, match="not both"):
+        RandomAffine(aug, rotation=5)
+    with pytest.raises(ValueError, match=r"rotation must be degrees in \[0, 180\]; got 200"):
+        RandomAffine(Augmentation(rotation=200))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import run_or_fail
 from fer.cli import main
-from fer.compare import OVERFIT_BANDS, STABILITY_BANDS, RunSummary, band, comparison_rows
+from fer.compare import RunSummary, comparison_rows
+from fer.history import OVERFIT_BANDS, STABILITY_BANDS, band
 
 
 def summary(val_accuracy, accuracy, val_loss, **kwargs) -> RunSummary:

@@ -1,8 +1,10 @@
 """Diagnostics: each statement is made, or not made, exactly when the run's numbers support it.
 
-Every scenario is logged as a real MLflow run (per-step metrics, string
-params, confusion_matrix.json) into a temporary SQLite store and read back
-with `diagnose_run`, the way a finished training run is.
+`diagnose` is pure: most scenarios call it on in-memory histories, with params
+as strings as MLflow returns them. A few end-to-end tests log a real MLflow
+run (per-step metrics, string params, tags, confusion_matrix.json) into a
+temporary SQLite store and read it back with `diagnose_run`, the way a
+finished training run is.
 """
 
 import json
@@ -55,9 +57,9 @@ def log_run(store, history: dict, params: dict | None = None, confusion: dict | 
     return run.info.run_id
 
 
-def run_diagnostics(store, history, params=None, confusion=None) -> Diagnostics:
-    client, _ = store
-    return diagnose_run(log_run(store, history, params, confusion), client)
+def run_diagnostics(history, params=None, confusion=None, **kwargs) -> Diagnostics:
+    """`diagnose` with params as MLflow gives them back (strings)."""
+    return diagnose(history, {key: str(value) for key, value in (params or {}).items()}, confusion, **kwargs)
 
 
 def wiggle(level: float, n: int, amplitude: float = WIGGLE, phase: int = 0) -> list[float]:
@@ -112,10 +114,10 @@ def section(diagnostics: Diagnostics, aspect: str) -> list[str]:
 # ------------------------------------------------------------ learning-rate steps
 
 
-def test_clean_step_followed_by_a_jump_is_reported_with_its_epoch_rates_and_rise(store):
+def test_clean_step_followed_by_a_jump_is_reported_with_its_epoch_rates_and_rise():
     val_accuracy = wiggle(0.60, 10) + wiggle(0.65, 6)
     val_loss = wiggle(1.00, 10) + wiggle(0.90, 6)
-    d = run_diagnostics(store, history(val_accuracy, val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
+    d = run_diagnostics(history(val_accuracy, val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
 
     (step,) = d.learning_rate.steps
     rise = np.mean(val_accuracy[10:13]) - np.mean(val_accuracy[7:10])  # epochs 11-13 vs 8-10
@@ -133,9 +135,9 @@ def test_clean_step_followed_by_a_jump_is_reported_with_its_epoch_rates_and_rise
     assert "epochs 11-13 vs epochs 8-10" in statement
 
 
-def test_step_on_a_plateau_is_reported_as_no_clear_effect(store):
+def test_step_on_a_plateau_is_reported_as_no_clear_effect():
     val_accuracy = wiggle(0.60, 16)
-    d = run_diagnostics(store, history(val_accuracy, val_loss=wiggle(1.0, 16), learning_rate=rates(16, {11: 2e-4})))
+    d = run_diagnostics(history(val_accuracy, val_loss=wiggle(1.0, 16), learning_rate=rates(16, {11: 2e-4})))
 
     (step,) = d.learning_rate.steps
     assert step.verdict == "no clear effect"
@@ -145,9 +147,9 @@ def test_step_on_a_plateau_is_reported_as_no_clear_effect(store):
     assert "followed by" not in statement and "rise" not in statement
 
 
-def test_step_that_moves_only_the_loss_claims_the_loss_and_not_the_accuracy(store):
+def test_step_that_moves_only_the_loss_claims_the_loss_and_not_the_accuracy():
     val_loss = wiggle(1.00, 10) + wiggle(0.80, 6)
-    d = run_diagnostics(store, history(wiggle(0.60, 16), val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
+    d = run_diagnostics(history(wiggle(0.60, 16), val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
 
     (step,) = d.learning_rate.steps
     assert (step.verdict, step.val_accuracy_effect, step.val_loss_effect) == ("clear", "within noise", "fall")
@@ -162,9 +164,9 @@ def test_step_that_moves_only_the_loss_claims_the_loss_and_not_the_accuracy(stor
     assert "rise in validation accuracy" not in statement
 
 
-def test_step_too_soon_after_the_start_is_not_judged(store):
+def test_step_too_soon_after_the_start_is_not_judged():
     val_accuracy = [0.40, 0.50] + wiggle(0.70, 8)  # a jump after 2 epochs: no noise estimate possible
-    d = run_diagnostics(store, history(val_accuracy, learning_rate=rates(10, {3: 2e-4})))
+    d = run_diagnostics(history(val_accuracy, learning_rate=rates(10, {3: 2e-4})))
 
     (step,) = d.learning_rate.steps
     assert step.verdict == "too few epochs" and step.val_accuracy_threshold is None
@@ -172,9 +174,9 @@ def test_step_too_soon_after_the_start_is_not_judged(store):
         d, "Learning-rate steps")[0]
 
 
-def test_step_too_close_to_the_end_is_not_judged(store):
+def test_step_too_close_to_the_end_is_not_judged():
     val_accuracy = wiggle(0.60, 10) + [0.70]  # a jump, but a single epoch at the new rate
-    d = run_diagnostics(store, history(val_accuracy, learning_rate=rates(11, {11: 2e-4})))
+    d = run_diagnostics(history(val_accuracy, learning_rate=rates(11, {11: 2e-4})))
 
     (step,) = d.learning_rate.steps
     assert step.verdict == "too few epochs"
@@ -192,12 +194,12 @@ def test_constant_rate_says_so():
 # ------------------------------------------------------------ noise and stability
 
 
-def test_noisy_curve_is_volatile_and_its_apparent_step_effect_is_not_claimed(store):
+def test_noisy_curve_is_volatile_and_its_apparent_step_effect_is_not_claimed():
     before = [0.50, 0.58, 0.49, 0.59, 0.50, 0.58, 0.49, 0.59, 0.50, 0.58]
     after = [0.62, 0.53, 0.61, 0.52, 0.62, 0.53]
     val_accuracy = before + after
     val_loss = [1.4 - v for v in val_accuracy]  # as noisy as the accuracy
-    d = run_diagnostics(store, history(val_accuracy, val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
+    d = run_diagnostics(history(val_accuracy, val_loss=val_loss, learning_rate=rates(16, {11: 2e-4})))
 
     (step,) = d.learning_rate.steps
     apparent = np.mean(after[:3]) - np.mean(before[-3:])
@@ -214,8 +216,8 @@ def test_noisy_curve_is_volatile_and_its_apparent_step_effect_is_not_claimed(sto
     assert "(volatile)" in stability and "after it (epochs 11-16)" in stability
 
 
-def test_smooth_run_without_step_is_stable_over_the_whole_run(store):
-    d = run_diagnostics(store, history([0.5 + 0.005 * i for i in range(10)]))
+def test_smooth_run_without_step_is_stable_over_the_whole_run():
+    d = run_diagnostics(history([0.5 + 0.005 * i for i in range(10)]))
     assert d.stability.split_epoch is None
     assert d.stability.whole_run == pytest.approx(0.0, abs=1e-9)
     assert section(d, "Stability") == [
@@ -227,9 +229,9 @@ def test_smooth_run_without_step_is_stable_over_the_whole_run(store):
 # ------------------------------------------------------------------ overfitting
 
 
-def test_overfitting_onset_is_the_epoch_before_validation_loss_starts_rising(store):
+def test_overfitting_onset_is_the_epoch_before_validation_loss_starts_rising():
     val_loss = [1.6, 1.4, 1.25, 1.1, 1.0, 0.92, 0.88, 0.85, 0.87, 0.90, 0.94, 0.99]
-    d = run_diagnostics(store, history(wiggle(0.6, 12), val_loss=val_loss))
+    d = run_diagnostics(history(wiggle(0.6, 12), val_loss=val_loss))
 
     assert (d.overfitting.onset_epoch, d.overfitting.rise_end_epoch, d.overfitting.rising_epochs) == (8, 12, 4)
     assert section(d, "Overfitting onset") == [
@@ -249,8 +251,8 @@ def test_overfitting_onset_is_the_epoch_before_validation_loss_starts_rising(sto
         ([1.6, 1.4, 1.2, 1.1, 1.15, 1.2, 1.25, 1.0, 0.9, 0.85], [1.5, 1.4, 1.3, 1.2, 1.25, 1.3, 1.35, 1.1, 1.0, 0.9]),
     ],
 )
-def test_no_overfitting_onset_without_three_rises_against_falling_training_loss(store, val_loss, loss):
-    d = run_diagnostics(store, history(wiggle(0.6, 10), val_loss=val_loss, loss=loss))
+def test_no_overfitting_onset_without_three_rises_against_falling_training_loss(val_loss, loss):
+    d = run_diagnostics(history(wiggle(0.6, 10), val_loss=val_loss, loss=loss))
     assert d.overfitting.onset_epoch is None
     assert section(d, "Overfitting onset")[0].startswith("No overfitting onset detected")
 
@@ -266,10 +268,10 @@ REGULARIZED = {
 }
 
 
-def test_validation_above_training_lists_the_configured_regularizers_as_possible_causes(store):
+def test_validation_above_training_lists_the_configured_regularizers_as_possible_causes():
     val_accuracy = [0.40 + 0.02 * i for i in range(10)]
     accuracy = [v - 0.04 for v in val_accuracy]
-    d = run_diagnostics(store, history(val_accuracy, accuracy=accuracy), params(**REGULARIZED))
+    d = run_diagnostics(history(val_accuracy, accuracy=accuracy), params(**REGULARIZED))
 
     assert d.gap.sign == "validation above train"
     assert d.gap.per_epoch == pytest.approx([-0.04] * 10)
@@ -286,9 +288,9 @@ def test_validation_above_training_lists_the_configured_regularizers_as_possible
     assert "label smoothing" not in lines[2] and "shear" not in lines[2]  # zero in the configuration
 
 
-def test_validation_above_training_without_regularizers_claims_no_cause(store):
+def test_validation_above_training_without_regularizers_claims_no_cause():
     val_accuracy = [0.40 + 0.02 * i for i in range(10)]
-    d = run_diagnostics(store, history(val_accuracy, accuracy=[v - 0.04 for v in val_accuracy]), params())
+    d = run_diagnostics(history(val_accuracy, accuracy=[v - 0.04 for v in val_accuracy]), params())
 
     assert d.gap.sign == "validation above train"
     assert d.gap.regularizers == () and d.gap.possible_causes == ()
@@ -313,9 +315,9 @@ def test_unrecorded_regularizers_are_not_claimed_absent():
     )
 
 
-def test_training_above_validation_suggests_no_causes_even_with_regularizers(store):
+def test_training_above_validation_suggests_no_causes_even_with_regularizers():
     val_accuracy = [0.40 + 0.02 * i for i in range(10)]
-    d = run_diagnostics(store, history(val_accuracy), params(**REGULARIZED, **{"config.label_smoothing": 0.1}))
+    d = run_diagnostics(history(val_accuracy), params(**REGULARIZED, **{"config.label_smoothing": 0.1}))
 
     assert d.gap.sign == "train above validation"
     assert len(d.gap.regularizers) == 3 and d.gap.possible_causes == ()
@@ -331,8 +333,8 @@ def test_gap_within_tolerance_is_about_equal():
 # ------------------------------------------------------------------- convergence
 
 
-def test_best_at_the_last_epoch_says_more_epochs_may_help(store):
-    d = run_diagnostics(store, history(wiggle(0.6, 10)), params(**{"config.epochs": 10}))
+def test_best_at_the_last_epoch_says_more_epochs_may_help():
+    d = run_diagnostics(history(wiggle(0.6, 10)), params(**{"config.epochs": 10}))
     assert d.convergence.outcome == "best at last epoch"
     assert section(d, "Convergence") == [
         "The best val_loss 1.3300 was at the last epoch (10 of 10 planned): the run was still improving when it "
@@ -340,9 +342,9 @@ def test_best_at_the_last_epoch_says_more_epochs_may_help(store):
     ]
 
 
-def test_early_stopping_restored_an_earlier_epoch(store):
+def test_early_stopping_restored_an_earlier_epoch():
     val_loss = [1.6, 1.3, 1.1, 1.0, 1.02, 1.05, 1.01, 1.03, 1.04, 1.06, 1.02, 1.05]
-    d = run_diagnostics(store, history(wiggle(0.6, 12), val_loss=val_loss), params())
+    d = run_diagnostics(history(wiggle(0.6, 12), val_loss=val_loss), params())
 
     c = d.convergence
     assert (c.outcome, c.best_epoch, c.epochs, c.planned_epochs, c.model_epoch) == ("stopped early", 4, 12, 40, 4)
@@ -364,11 +366,8 @@ def test_early_stopping_restored_an_earlier_epoch(store):
          "the best val_loss 0.9000 was at epoch 6, the last: the run was still improving, so more time may help."),
     ],
 )
-def test_a_recorded_time_limit_is_named_as_what_ended_training_not_early_stopping(store, val_loss, statement):
-    client, _ = store
-    run_id = log_run(store, history(wiggle(0.6, 6), val_loss=val_loss), params())
-    client.set_tag(run_id, "fer.stopped_by", "time_limit")
-    d = diagnose_run(run_id, client)
+def test_a_recorded_time_limit_is_named_as_what_ended_training_not_early_stopping(val_loss, statement):
+    d = run_diagnostics(history(wiggle(0.6, 6), val_loss=val_loss), params(), stopped_by="time_limit")
     assert d.convergence.outcome == "time limit"
     assert section(d, "Convergence") == [statement]
     assert "Early stopping (monitor" not in " ".join(d.statements())
@@ -398,10 +397,10 @@ def test_a_resumed_run_does_not_claim_weights_its_last_sitting_never_saw(store, 
     ]
 
 
-def test_ran_all_epochs_with_an_earlier_best_follows_the_early_stopping_monitor(store):
+def test_ran_all_epochs_with_an_earlier_best_follows_the_early_stopping_monitor():
     val_accuracy = [0.40, 0.50, 0.62, 0.58, 0.60, 0.59]  # best at epoch 3; val_loss keeps falling
     p = params(**{"config.epochs": 6, "config.early_stopping.monitor": "val_accuracy"})
-    d = run_diagnostics(store, history(val_accuracy), p)
+    d = run_diagnostics(history(val_accuracy), p)
 
     c = d.convergence
     assert (c.monitor, c.outcome, c.best_epoch) == ("val_accuracy", "best earlier", 3)
@@ -427,8 +426,8 @@ def confusion_matrix() -> dict:
     return {"split": "test", "labels": LABELS, "counts": counts.tolist()}
 
 
-def test_weakest_classes_and_most_confused_pairs_come_with_counts(store):
-    d = run_diagnostics(store, history(wiggle(0.6, 6)), params(), confusion_matrix())
+def test_weakest_classes_and_most_confused_pairs_come_with_counts():
+    d = run_diagnostics(history(wiggle(0.6, 6)), params(), confusion_matrix())
 
     assert [c.name for c in d.classes.lowest_recall] == ["disgust", "fear", "sadness"]
     assert d.classes.recall[LABELS.index("contempt")] is None
@@ -442,8 +441,8 @@ def test_weakest_classes_and_most_confused_pairs_come_with_counts(store):
     ]
 
 
-def test_run_without_confusion_matrix_skips_per_class(store):
-    d = run_diagnostics(store, history(wiggle(0.6, 6)), params())
+def test_run_without_confusion_matrix_skips_per_class():
+    d = run_diagnostics(history(wiggle(0.6, 6)), params())
     assert d.classes is None
     assert section(d, "Weakest classes") == ["No confusion matrix in the run: per-class diagnostics skipped."]
 
@@ -452,10 +451,15 @@ def test_run_without_confusion_matrix_skips_per_class(store):
 
 
 def test_diagnose_run_reads_what_diagnose_gets(store):
+    client, _ = store
     h = history(wiggle(0.60, 10) + wiggle(0.65, 6), learning_rate=rates(16, {11: 2e-4}))
     p, confusion = params(**REGULARIZED), confusion_matrix()
-    from_run = run_diagnostics(store, h, p, confusion)
+    run_id = log_run(store, h, p, confusion)
+    client.log_metric(run_id, "val_accuracy", 0.1, step=3)  # epoch 4 logged again: the latest value counts
+    h["val_accuracy"][3] = 0.1
+    from_run = diagnose_run(run_id, client)
     assert from_run == diagnose(h, {k: str(v) for k, v in p.items()}, confusion)
+    assert from_run.stability != diagnose(history(wiggle(0.60, 10) + wiggle(0.65, 6))).stability
 
 
 def test_log_diagnostics_writes_markdown_and_json_that_round_trip(store, tmp_path):
@@ -486,10 +490,9 @@ def test_log_diagnostics_without_a_run_refuses_rather_than_start_one():
         log_diagnostics(diagnose(history(wiggle(0.6, 6))))
 
 
-def test_compare_rows_put_both_runs_side_by_side(store):
-    baseline = run_diagnostics(store, history(wiggle(0.6, 10)), params(**{"config.epochs": 10}))
+def test_compare_rows_put_both_runs_side_by_side():
+    baseline = run_diagnostics(history(wiggle(0.6, 10)), params(**{"config.epochs": 10}))
     final = run_diagnostics(
-        store,
         history(wiggle(0.60, 10) + wiggle(0.65, 6), learning_rate=rates(16, {11: 2e-4})),
         params(**REGULARIZED),
         confusion_matrix(),

@@ -9,7 +9,6 @@ from fer.models import build_model
 from fer.registry import CHALLENGER, CHAMPION, PromotionError, decide, promote
 from fer.serving import log_emotion_model
 
-pytestmark = pytest.mark.slow
 NAME = "fer-emotion-test"
 
 
@@ -42,13 +41,14 @@ def aliases(client) -> dict:
     return {alias: str(version) for alias, version in client.get_registered_model(NAME).aliases.items()}
 
 
-def test_gate_logic():
+def test_gate_logic():  # pure: in the fast lane
     assert decide(0.5, 0.3, None) == (True, "first model to clear the minimum")
     assert decide(0.2, 0.3, None)[0] is False
     assert decide(0.6, 0.0, 0.5)[0] is True
     assert decide(0.5, 0.0, 0.5)[0] is False  # a tie does not displace the champion
 
 
+@pytest.mark.slow  # builds and registers real Keras models
 def test_champion_moves_only_to_a_better_model(store, network):
     first, worse, better = (training_run(network, v) for v in (0.50, 0.40, 0.70))
 
@@ -74,6 +74,7 @@ def test_champion_moves_only_to_a_better_model(store, network):
     assert sorted(int(v.version) for v in store.search_model_versions(f"name = '{NAME}'")) == [1, 2, 3]
 
 
+@pytest.mark.slow  # builds and registers real Keras models
 def test_minimum_blocks_even_a_first_model(store, network):
     run_id = training_run(network, 0.2)
     decision = promote(run_id, model_name=NAME, min_value=0.3)
@@ -81,6 +82,7 @@ def test_minimum_blocks_even_a_first_model(store, network):
     assert aliases(store) == {CHALLENGER: "1"}
 
 
+@pytest.mark.slow  # builds and registers real Keras models
 def test_default_choice_is_the_best_finished_phase2_run(store, network):
     training_run(network, 0.55)
     best = training_run(network, 0.65)
@@ -94,6 +96,7 @@ def test_nothing_to_promote_says_what_to_run(store):
         promote(model_name=NAME)
 
 
+@pytest.mark.slow  # builds and registers real Keras models
 def test_registered_champion_predicts_faces(store, network):
     promote(training_run(network, 0.6), model_name=NAME)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")

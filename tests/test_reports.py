@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from fer import EMOTIONS
+from fer.history import learning_rate_steps
 from fer.reports import (
     BestPerformance,
     best_performance,
     evaluate_predictions,
-    learning_rate_steps,
     plot_confusion_matrix,
     plot_history,
 )

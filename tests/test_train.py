@@ -21,6 +21,29 @@ PER_EPOCH_METRICS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_r
 pytestmark = pytest.mark.slow
 
 
+def expected_acceleration() -> tuple[str, str]:
+    """What `auto` resolves to on this machine (fer.acceleration): XLA with exactly one GPU
+    (Keras's rule; several GPUs mean a mirrored strategy, where it is off), mixed precision on tensor cores."""
+    import tensorflow as tf
+
+    from fer.acceleration import resolve_dtype_policy
+
+    return str(len(tf.config.list_physical_devices("GPU")) == 1), resolve_dtype_policy("auto")
+
+
+def assert_evaluation_matches_the_confusion_matrix(client, run, tmp_path) -> None:
+    """eval_accuracy and eval_macro_f1 are what the run's own confusion_matrix.json gives, by hand."""
+    path = client.download_artifacts(run.info.run_id, "confusion_matrix.json", str(tmp_path))
+    counts = np.asarray(json.loads(Path(path).read_text())["counts"], dtype=float)
+    assert counts.sum() > 0
+    correct, support, predicted = np.diag(counts), counts.sum(axis=1), counts.sum(axis=0)
+    present = support > 0  # macro-F1 over the classes the split holds
+    f1 = 2 * correct[present] / (support[present] + predicted[present])
+    metrics = run.data.metrics
+    assert metrics["eval_accuracy"] == pytest.approx(correct.sum() / counts.sum(), abs=1e-9)
+    assert metrics["eval_macro_f1"] == pytest.approx(f1.mean(), abs=1e-9)
+
+
 @pytest.fixture(scope="module")
 def store(trained_store):
     uri, client, runs, _ = trained_store
@@ -42,8 +65,8 @@ def test_run_finishes_with_config_params_and_tags(store, phase, model):
     assert tags["fer.model"] == model and tags["fer.data_source"] == "synthetic"
     assert tags["fer.label_mode"] == "majority"
     assert tags["mlflow.runName"].startswith(f"{phase}-{model}")
-    # On a machine without a GPU, auto means neither XLA nor mixed precision (fer.acceleration).
-    assert params["acceleration.jit_compile"] == "False" and params["acceleration.dtype_policy"] == "float32"
+    # auto: neither XLA nor mixed precision without a GPU; both on one with tensor cores (fer.acceleration).
+    assert (params["acceleration.jit_compile"], params["acceleration.dtype_policy"]) == expected_acceleration()
     assert params["config.max_minutes"] == "30.0" and tags["fer.stopped_by"] == "epochs"
 
 
@@ -81,7 +104,7 @@ def test_run_holds_history_reports_and_evaluation(store, phase, tmp_path):
     assert diagnostics["epoch_numbering"] == "1-based"
     assert "## " in (local / "diagnostics.md").read_text()
     metrics = run.data.metrics
-    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_macro_f1"] <= 1
+    assert_evaluation_matches_the_confusion_matrix(client, run, tmp_path / "evaluation")
     assert "eval_recall_sadness" in metrics
     assert run.data.tags["fer.eval_split"] == "test"
 
@@ -150,7 +173,9 @@ def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(tmp_
     assert 1 <= run.data.metrics["epochs_trained"] < 50
     assert run.data.params["acceleration.jit_compile"] == "True"
     assert run.data.params["acceleration.dtype_policy"] == "mixed_bfloat16"
-    assert 0 <= run.data.metrics["eval_accuracy"] <= 1  # evaluated and logged like any run
+    # Evaluated and logged like any run.
+    assert_evaluation_matches_the_confusion_matrix(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), run,
+                                                   tmp_path / "evaluation")
     mlflow.set_tracking_uri(None)
 
 
