@@ -42,6 +42,9 @@ def main():
 @click.option("--skip-bad", "skip_bad", callback=_blank_is_none, help="true: skip unreadable images, counting them.")
 @click.option("--max-minutes", "max_minutes", callback=_blank_is_none,
               help="Stop after the last epoch that fits in this many minutes (0: no limit).")
+@click.option("--lr-schedule", "lr_schedule", callback=_blank_is_none,
+              help="plateau (steps on a plateau), or linear / cosine (decay to ~0 at the end of the epochs or budget).")
+@click.option("--tta", callback=_blank_is_none, help="none, or flip: evaluate and serve the face and its mirror averaged.")
 @click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. augmentation.rotation=10."
 )

@@ -33,7 +33,7 @@ from fer.history import (
     best_epoch,
     change_std,
     gap_at,
-    learning_rate_steps,
+    marked_rate_steps,
     read_history,
 )
 from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, TAG_STOPPED_BY, configure_tracking, experiment_in_use
@@ -298,7 +298,7 @@ def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
             values = summary.history[key]
             epochs = np.arange(1, len(values) + 1)
             ax.plot(epochs, values, marker="o", markersize=3, color=color, label=f"{label} ({summary.phase})")
-            for epoch, _, new in learning_rate_steps(summary.history):
+            for epoch, _, new in marked_rate_steps(summary.history):
                 ax.axvline(epoch + 1, color=color, linestyle="--", alpha=0.6)
                 ax.annotate(f"lr {new:.0e}", (epoch + 1, 1), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=7, color=color)

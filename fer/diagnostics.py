@@ -225,10 +225,16 @@ class LearningRates:
     logged: bool  # was a learning rate recorded at all
     initial_rate: float | None
     steps: tuple[StepEffect, ...]
+    schedule: str | None = None  # "linear" / "cosine": a continuous decay (fer.schedules), which has no steps
+    final_rate: float | None = None
 
     def statements(self, epochs: int) -> list[str]:
         if not self.logged:
             return ["No learning rate was logged, so learning-rate steps cannot be identified."]
+        if self.schedule:
+            return [f"The learning rate followed a {self.schedule} decay, updated every step rather than in "
+                    f"steps: {format_rate(self.initial_rate)} at the end of epoch 1, "
+                    f"{format_rate(self.final_rate)} at the end of epoch {epochs}."]
         if not self.steps:
             return [f"The learning rate stayed at {format_rate(self.initial_rate)} for all {epochs} epochs."]
         return [step.statement() for step in self.steps]
@@ -554,10 +560,10 @@ def diagnose(
     convergence = _convergence(series, params, stopped_by, sitting)
     return Diagnostics(
         epochs=epochs,
-        learning_rate=_learning_rates(series),
+        learning_rate=_learning_rates(series, params),
         gap=_gap(series, params, convergence.best_epoch),
         overfitting=_overfitting(series),
-        stability=_stability(series),
+        stability=_stability(series, params),
         convergence=convergence,
         classes=_classes(confusion) if confusion is not None else None,
     )
@@ -579,10 +585,19 @@ def _validated(history: dict) -> dict[str, np.ndarray]:
     return series
 
 
-def _learning_rates(series: dict[str, np.ndarray]) -> LearningRates:
+def _continuous_schedule(params: dict | None) -> str | None:
+    """"linear" or "cosine" when the run's rate decayed every step (fer.schedules); None for plateau steps."""
+    schedule = (params or {}).get("config.lr_schedule")
+    return schedule if schedule in ("linear", "cosine") else None
+
+
+def _learning_rates(series: dict[str, np.ndarray], params: dict | None = None) -> LearningRates:
     rates = series.get("learning_rate")
     if rates is None:
         return LearningRates(logged=False, initial_rate=None, steps=())
+    if schedule := _continuous_schedule(params):
+        return LearningRates(logged=True, initial_rate=float(rates[0]), steps=(), schedule=schedule,
+                             final_rate=float(rates[-1]))
     steps = learning_rate_steps({"learning_rate": rates})
     bounds = [0] + [index for index, _, _ in steps] + [len(rates)]
     effects = tuple(
@@ -726,10 +741,11 @@ def _overfitting(series: dict[str, np.ndarray]) -> Overfitting:
     return Overfitting(epochs, None, None, None, None, None, None, None)
 
 
-def _stability(series: dict[str, np.ndarray]) -> Stability:
+def _stability(series: dict[str, np.ndarray], params: dict | None = None) -> Stability:
     values = series["val_accuracy"]
     whole = _change_std(values, STABILITY_MIN_CHANGES)
-    steps = learning_rate_steps({"learning_rate": series["learning_rate"]}) if "learning_rate" in series else []
+    stepped = "learning_rate" in series and not _continuous_schedule(params)
+    steps = learning_rate_steps({"learning_rate": series["learning_rate"]}) if stepped else []
     if not steps:
         return Stability(len(values), whole, None, None, None, None)
     split = steps[0][0]

@@ -129,6 +129,22 @@ def learning_rate_steps(history: dict) -> list[tuple[int, float, float]]:
     return steps
 
 
+def marked_rate_steps(history: dict) -> list[tuple[int, float, float]]:
+    """The learning-rate steps worth marking on a plot: none when the rate decays continuously.
+
+    A schedule that changes the rate every step (fer.schedules) changes it at
+    every epoch boundary; marking each would bury the curves. A rate that
+    changed at 3 or more boundaries and at more than half of them is taken as
+    such a decay.
+
+    >>> marked_rate_steps({"learning_rate": [1e-3, 8e-4, 6e-4, 4e-4, 2e-4]})
+    []
+    """
+    steps = learning_rate_steps(history)
+    boundaries = max(len(learning_rates(history) if learning_rates(history) is not None else []) - 1, 0)
+    return [] if len(steps) >= 3 and len(steps) > boundaries / 2 else steps
+
+
 def format_rate(rate: float) -> str:
     """1e-4, 5e-5, 3.2e-4: the compact scientific form people write rates in.
 

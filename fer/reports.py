@@ -38,7 +38,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from fer.history import best_epoch, format_rate, learning_rate_steps
+from fer.history import best_epoch, format_rate, marked_rate_steps
 from fer.history import learning_rates as _learning_rates
 from fer.history import series as _series
 
@@ -207,7 +207,7 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
         raise ValueError(f"history has no values to plot (keys: {sorted(history)})")
     n_epochs = max(len(v) for v in series)
     rates = _learning_rates(history)
-    steps = learning_rate_steps(history)
+    steps = marked_rate_steps(history)
 
     metrics = [
         m

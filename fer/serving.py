@@ -71,6 +71,8 @@ def load_network(path: str):
     """The Keras network at `path`, traced once on a blank face so the first request is not the slow one."""
     import keras
 
+    from fer import models  # noqa: F401  registers the layers a flip-TTA network is saved with
+
     network = keras.saving.load_model(path, compile=False)
     forward(network, np.zeros((1, *FACE_SHAPE), np.float32))
     return network

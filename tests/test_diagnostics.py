@@ -527,3 +527,17 @@ def test_missing_history_is_named():
     del h["val_loss"]
     with pytest.raises(ValueError, match="val_loss"):
         diagnose(h)
+
+
+def test_a_continuous_decay_is_described_as_such_not_as_a_step_per_epoch():
+    decaying = [1e-3 * (1 - i / 6) + 1e-5 for i in range(6)]
+    run = history([0.5, 0.6, 0.65, 0.7, 0.72, 0.73], learning_rate=decaying)
+    result = diagnose(run, params(**{"config.lr_schedule": "linear"}))
+    assert result.learning_rate.steps == ()
+    assert result.learning_rate.statements(6) == [
+        "The learning rate followed a linear decay, updated every step rather than in steps: "
+        "1.01e-3 at the end of epoch 1, 1.77e-4 at the end of epoch 6."
+    ]
+    assert "no learning-rate step" in result.stability.statements()[0]
+    # The same rates under the plateau schedule are five steps, each judged.
+    assert len(diagnose(run, params(**{"config.lr_schedule": "plateau"})).learning_rate.steps) == 5

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -66,3 +67,21 @@ def test_inference_mode_does_not_collapse_after_a_short_run():
     predicted = model.predict(splits.val.images[..., None].astype("float32"), verbose=0).argmax(axis=1)
     assert len(np.unique(predicted)) >= 4
     assert (predicted == splits.val.labels).mean() > 0.3
+
+
+def test_flip_averaging_predicts_the_mean_of_the_face_and_its_mirror_and_survives_saving(tmp_path):
+    from fer.models import build_model, with_flip_averaging
+    from fer.serving import load_network
+
+    keras.utils.set_random_seed(0)
+    network = build_model("baseline")
+    faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
+    plain, mirrored = network.predict_on_batch(faces), network.predict_on_batch(faces[:, :, ::-1])
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the test means something: the mirror differs
+    tta = with_flip_averaging(network)
+    np.testing.assert_allclose(tta.predict_on_batch(faces), (plain + mirrored) / 2, atol=1e-6)
+    assert tta.count_params() == network.count_params()  # the same weights, shared
+
+    tta.save(tmp_path / "tta.keras")
+    loaded = load_network(str(tmp_path / "tta.keras"))
+    np.testing.assert_allclose(loaded.predict_on_batch(faces), (plain + mirrored) / 2, atol=1e-6)

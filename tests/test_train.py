@@ -155,6 +155,35 @@ def test_learning_rate_step_is_recorded_at_the_epoch_that_first_ran_at_the_new_r
     mlflow.set_tracking_uri(None)
 
 
+def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mirror_averaged(tmp_path, monkeypatch):
+    """lr_schedule=linear decays every epoch to the floor; tta=flip logs plain and TTA figures; the served
+    model is the mirror-averaging one, so a face and its mirror get the same probabilities."""
+    from fer.config import load_config
+    from fer.data.synthetic import make_faces
+    from fer.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    config = load_config("phase1", {"data": "synthetic:96", "epochs": 3, "batch_size": 32, "lr_schedule": "linear",
+                                    "warmup_epochs": 0, "tta": "flip", "early_stopping.enabled": False})
+    run_id = train(config, experiment="schedule-tta")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    rates = [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] == pytest.approx(1e-5, rel=1e-4)
+    for name in ("eval_accuracy", "eval_no_tta_accuracy", "eval_macro_f1", "eval_no_tta_macro_f1"):
+        assert 0 <= run.data.metrics[name] <= 1, name
+    diagnostics = Path(client.download_artifacts(run_id, "diagnostics.md", str(tmp_path))).read_text()
+    assert "followed a linear decay" in diagnostics and "followed by" not in diagnostics
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    faces = make_faces(4, seed=3)[0][..., np.newaxis].astype(np.float32)
+    np.testing.assert_allclose(model.predict(faces), model.predict(faces[:, :, ::-1]), atol=1e-5)
+    mlflow.set_tracking_uri(None)
+
+
 def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(tmp_path, monkeypatch):
     """A 3-second budget stops a 50-epoch run after its first epoch (which XLA compilation makes long)."""
     from fer.config import load_config
