@@ -1,6 +1,8 @@
 """Shared fixtures: real `mlflow run` invocations into a temporary SQLite store."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,3 +104,35 @@ def trained_store(tmp_path_factory):
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     runs = {run.data.tags["fer.phase"]: run for run in client.search_runs([experiment_id])}
     return uri, client, runs, folder
+
+
+@contextlib.contextmanager
+def fails_if_blocked(seconds: int = 60):
+    """Turns a hang (a blocking open of a FIFO, say) into a test failure instead of a stuck suite."""
+
+    def fail(signum, frame):
+        raise AssertionError(f"still blocked after {seconds}s: something was opened that never ends")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    """Counts calls of the folder loader, so a test can tell a cache hit from a decode."""
+    import fer.data.folders
+
+    calls = []
+    original = fer.data.folders.load_folders
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fer.data.folders, "load_folders", counting)
+    return calls

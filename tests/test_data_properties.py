@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import signal
 import tempfile
 import warnings
 from datetime import timedelta
@@ -31,6 +30,8 @@ from fer.data.fer2013 import load_fer2013_csv
 from fer.data.ferplus import load_ferplus
 from fer.data.folders import load_folders
 
+from conftest import fails_if_blocked
+
 PROPERTY = settings(
     max_examples=25,
     deadline=timedelta(seconds=10),  # a load of these tiny files takes well under a second
@@ -41,25 +42,9 @@ PROPERTY = settings(
 MAX_MESSAGE = 3000
 
 
-@contextlib.contextmanager
-def no_hang(seconds: int = 30):
-    """A blocking read (the defect behind a FIFO) fails the example instead of stalling the suite."""
-
-    def fail(signum, frame):
-        raise AssertionError(f"blocked for {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def splits_or_data_error(call) -> Splits | DataError:
     """The call's Splits, or the DataError it raised; any other exception fails the test."""
-    with no_hang(), warnings.catch_warnings():
+    with fails_if_blocked(30), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random val carve warns for tiny trees; not the point here
         try:
             splits = call()

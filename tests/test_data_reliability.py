@@ -8,11 +8,9 @@ file, never a raw traceback, a hang or a giant allocation.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tracemalloc
@@ -25,7 +23,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import fer.data.folders
 from fer.cli import main
 from fer.data import DataError, cache, load
 from fer.data._bad import MAX_SHOWN, parse_votes, shown
@@ -33,6 +30,8 @@ from fer.data.cache import CacheWarning
 from fer.data.fer2013 import load_fer2013_csv
 from fer.data.ferplus import load_ferplus
 from fer.data.folders import load_folders
+
+from conftest import fails_if_blocked
 
 CLASSES = ("happy", "sad", "neutral", "angry")
 
@@ -59,36 +58,6 @@ def png_bytes(value: int = 128) -> bytes:
 @pytest.fixture
 def tree(tmp_path):
     return write_tree(tmp_path / "faces")
-
-
-@pytest.fixture
-def count_decodes(monkeypatch):
-    """Counts calls of the folder loader, so a test can tell a cache hit from a decode."""
-    calls = []
-    original = fer.data.folders.load_folders
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fer.data.folders, "load_folders", counting)
-    return calls
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: int = 60):
-    """Turns a hang (a blocking open of a FIFO) into a test failure instead of a stuck suite."""
-
-    def fail(signum, frame):
-        raise AssertionError(f"still blocked after {seconds}s: the loader opened something that never ends")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_same_splits(a, b):
@@ -277,7 +246,7 @@ def fifo(path: Path) -> Path:
 
 def test_row8_a_fifo_in_a_class_folder_is_a_bad_item_not_a_hang(tree, tmp_path):
     pipe = fifo(tree / "train" / "happy" / "x.png")
-    with hang_guard():
+    with fails_if_blocked():
         with pytest.raises(DataError, match=r"x\.png: is a FIFO \(named pipe\), not a regular file"):
             load_folders(tree)
         splits = load(tree, skip_bad=True, cache_dir=tmp_path / "cache", progress=False)
@@ -291,7 +260,7 @@ def test_row8_fifos_in_place_of_label_files_and_csvs_are_refused(tmp_path):
         fifo(root / folder / "label.csv")
     csv_pipe = fifo(tmp_path / "csv" / "fer2013.csv")
     data_pipe = fifo(tmp_path / "data")
-    with hang_guard():
+    with fails_if_blocked():
         with pytest.raises(DataError, match=r"label\.csv' is a FIFO"):
             load_ferplus(root)
         with pytest.raises(DataError, match=r"fer2013\.csv' is a FIFO"):
@@ -309,7 +278,7 @@ def test_row8_a_fifo_named_in_label_csv_is_a_bad_item(tmp_path):
         (folder / "label.csv").write_text('a.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n'
                                           'p.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n')
         fifo(folder / "p.png")
-    with hang_guard():
+    with fails_if_blocked():
         splits = load_ferplus(tmp_path / "ferplus", skip_bad=True)
     assert len(splits.train) == 1 and len(splits.bad) == 2
     assert all("FIFO" in item.reason and "line 2 of label.csv" in item.reason for item in splits.bad)

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import fer.data.folders
 from fer.cli import main
 from fer.data import DataError, cache, describe_source, load
 
@@ -31,20 +30,6 @@ def write_tree(root: Path, per_class: int = 3) -> Path:
 @pytest.fixture
 def tree(tmp_path):
     return write_tree(tmp_path / "faces")
-
-
-@pytest.fixture
-def count_decodes(monkeypatch):
-    """Counts calls of the folder loader, so a test can tell a cache hit from a decode."""
-    calls = []
-    original = fer.data.folders.load_folders
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fer.data.folders, "load_folders", counting)
-    return calls
 
 
 def test_sources_are_told_apart_by_what_the_path_holds(tmp_path, tree):
