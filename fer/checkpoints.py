@@ -98,8 +98,9 @@ def _plain(value):
 
 
 def backup_callback(directory: Path) -> keras.callbacks.BackupAndRestore:
-    # delete_checkpoint: a finished run needs no checkpoint, and leaves no litter.
-    return keras.callbacks.BackupAndRestore(str(directory), save_freq="epoch", delete_checkpoint=True)
+    # Kept after fit: fer.outbox.kept_until_logged deletes it once the run is logged
+    # (a finished run needs no checkpoint), or keeps it if the tracking server went away.
+    return keras.callbacks.BackupAndRestore(str(directory), save_freq="epoch", delete_checkpoint=False)
 
 
 def config_of_run(client: MlflowClient, run_id: str) -> TrainConfig:
