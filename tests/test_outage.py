@@ -19,9 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import project_env, wait_until_healthy
+from fer.outbox import kept_until_logged
+from fer.tracking import TrackingServerError, server_unreachable
 from test_remote import free_port
-
-pytestmark = pytest.mark.slow
 
 PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "peak_rss_mb")
 OUTAGE_SECONDS = 30
@@ -142,6 +142,7 @@ def assert_every_epoch_once(client: MlflowClient, run_id: str, epochs: int, tmp_
         assert [m.value for m in sorted(logged, key=lambda m: m.step)] == pytest.approx(history[key], rel=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_run_lives_through_a_server_outage_mid_training(server, tmp_path):
     epochs = 30
     training = start_training(server, tmp_path, epochs)
@@ -164,6 +165,7 @@ def test_a_run_lives_through_a_server_outage_mid_training(server, tmp_path):
     assert not (tmp_path / "checkpoints" / run.info.run_id).exists()  # a logged run keeps no checkpoint
 
 
+@pytest.mark.slow
 def test_a_server_that_never_comes_back_leaves_the_run_kept_locally_to_resend(server, tmp_path):
     epochs = 12
     # Short retries, so that "never" shows within seconds rather than MLflow's 4 minutes.
@@ -199,3 +201,52 @@ def test_a_server_that_never_comes_back_leaves_the_run_kept_locally_to_resend(se
     assert run.data.metrics["epochs_trained"] == epochs and "eval_accuracy" in run.data.metrics
     assert_every_epoch_once(MlflowClient(server.uri), run_id, epochs, tmp_path)
     assert not kept.exists()
+
+
+# -- the parts, without a server: a closed port refuses at once -------------------------------
+
+
+def refused_call():
+    """A real MLflow call to a port nobody listens on, with no retries: the error a lost server gives."""
+    MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments(max_results=1)
+
+
+def test_a_refused_connection_is_unreachability_and_an_answered_error_is_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(Exception) as refused:
+        refused_call()
+    assert server_unreachable(refused.value)
+    with pytest.raises(Exception) as answered:  # the store answered: no such run
+        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run("0" * 32)
+    assert not server_unreachable(answered.value)
+    assert not server_unreachable(ValueError("bad input"))
+
+
+def test_the_checkpoint_goes_once_logged_and_stays_with_a_record_when_the_server_is_lost(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    history = {"loss": [2.0, 1.5, 1.2]}
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    with kept_until_logged("a" * 32, logged, "phase1", history):
+        pass
+    assert not logged.exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError), kept_until_logged("b" * 32, other, "phase1", history):
+        raise ValueError("not the server's fault")
+    assert other.exists() and not (other / "unsent.json").exists()
+
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    with pytest.raises(TrackingServerError) as err, kept_until_logged("c" * 32, lost, "phase2", history):
+        refused_call()
+    assert f"fer train phase2 --resume {'c' * 32}" in str(err.value) and "3 trained epochs" in str(err.value)
+    record = json.loads((lost / "unsent.json").read_text())
+    assert record["run_id"] == "c" * 32 and record["epochs_trained"] == 3 and record["phase"] == "phase2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # the rest of the process does not wait
+
+
+def test_a_run_id_is_required():
+    with pytest.raises(ValueError, match="run_id"), kept_until_logged("", Path("."), "phase1", {}):
+        pass
