@@ -148,8 +148,9 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     `history` spans every sitting of a resumed run (unlike Keras's History).
     Restoring counters happens in on_train_begin, so it must come after the
-    callbacks it restores, whose own on_train_begin resets them. A run that
-    ends normally deletes its checkpoint (a finished run leaves no litter).
+    callbacks it restores, whose own on_train_begin resets them. The folder
+    stays after fit: `fer.outbox.kept_until_logged` removes it once the run is
+    logged, or keeps it when the tracking server went away.
 
     Args:
         directory: the run's checkpoint folder.
@@ -181,9 +182,6 @@ class RunCheckpoint(keras.callbacks.Callback):
             for c in self.steering
         }
         save_checkpoint(self.model, self.directory, epoch + 1, self.history, state)
-
-    def on_train_end(self, logs=None):
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def save_checkpoint(model: keras.Model, directory: Path, epoch: int, history: dict, callbacks: dict) -> None:

@@ -90,6 +90,33 @@ def check_server(uri: str) -> None:
                 os.environ[key] = value
 
 
+def server_unreachable(err: BaseException) -> bool:
+    """True when `err`, or an error that led to it, is a failed connection to the tracking server.
+
+    MLflow raises MlflowException("API request to ... failed with exception ...")
+    once its HTTP retries are spent; the requests error it wraps (refused or
+    dropped connection, timeout, retries on 5xx answers exhausted) is in the
+    exception's chain. Errors the server answered with (a 400, a missing run)
+    are not unreachability.
+
+    Example:
+        try:
+            mlflow.log_metric("x", 1.0)
+        except MlflowException as err:
+            if server_unreachable(err): ...
+    """
+    import requests  # a dependency of MLflow itself
+
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, lost):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _initialize_sqlite_store(uri: str) -> None:
     """Create or migrate a SQLite store under a file lock.
 

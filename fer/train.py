@@ -58,6 +58,7 @@ from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
 from fer.models import build_model, with_flip_averaging
+from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
 from fer.serving import log_emotion_model
@@ -138,29 +139,31 @@ def train(
         except BaseException as err:
             _log_interrupted(err, history, config, directory, run_id)
             raise
-        mlflow.log_metric("train_seconds", time.monotonic() - started)
-        mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(run_callbacks))
-        # Autologging logs asynchronously; a write it lost (a busy shared store,
-        # say) is logged again here from the epoch history, so no value is missing.
-        mlflow.flush_async_logging()
-        fill_metric_gaps(client, run_id, history)
+        # A tracking server that stops answering for good keeps the checkpoint and a record to re-send.
+        with kept_until_logged(run_id, directory, config.phase, history):
+            mlflow.log_metric("train_seconds", time.monotonic() - started)
+            mlflow.set_tag(TAG_STOPPED_BY, _stopped_by(run_callbacks))
+            # Autologging logs asynchronously; a write it lost (a busy shared store,
+            # say) is logged again here from the epoch history, so no value is missing.
+            mlflow.flush_async_logging()
+            fill_metric_gaps(client, run_id, history)
 
-        # 5. Reports on the whole history, every sitting of a resumed run included
-        best = _log_history(history, config)
+            # 5. Reports on the whole history, every sitting of a resumed run included
+            best = _log_history(history, config)
 
-        # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
-        network = distribute.for_chief_alone(prepared.model)
-        served = with_flip_averaging(network) if config.tta == "flip" else network
-        evaluation = _evaluate(served, prepared.splits, prepared.batch_size)
-        if served is not network:  # the plain network's figures too, so the TTA gain is visible
-            _log_plain_evaluation(network, prepared.splits, prepared.batch_size)
+            # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
+            network = distribute.for_chief_alone(prepared.model)
+            served = with_flip_averaging(network) if config.tta == "flip" else network
+            evaluation = _evaluate(served, prepared.splits, prepared.batch_size)
+            if served is not network:  # the plain network's figures too, so the TTA gain is visible
+                _log_plain_evaluation(network, prepared.splits, prepared.batch_size)
 
-        # 7. The analysis people used to write by hand, from the run's own numbers
-        diagnostics = diagnose_run(run_id, client)
-        log_diagnostics(diagnostics)
+            # 7. The analysis people used to write by hand, from the run's own numbers
+            diagnostics = diagnose_run(run_id, client)
+            log_diagnostics(diagnostics)
 
-        # 8. The model, ready for pyfunc and the registry
-        _log_model(served, prepared.splits.val)
+            # 8. The model, ready for pyfunc and the registry
+            _log_model(served, prepared.splits.val)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
