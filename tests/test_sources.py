@@ -192,6 +192,20 @@ def test_ferplus_probability(ferplus_root):
     assert_split_shapes(splits.val)
 
 
+def test_ferplus_validation_holds_the_same_faces_in_both_label_modes(tmp_path):
+    """An unknown-majority face trains under probability labels, but is never scored: accuracy is comparable."""
+    root = tmp_path / "ferplus"
+    write_ferplus_split(root / "FER2013Train", TRAIN_ROWS)
+    write_ferplus_split(root / "FER2013Valid", [*VALID_ROWS, ("fer0000012.png", votes(happiness=3, unknown=6))],
+                        seed0=100)
+    majority, probability = load_ferplus(root), load_ferplus(root, label_mode="probability")
+    assert len(probability.train) == 5 and len(majority.train) == 4  # the unknown-majority training face stays
+    assert probability.dropped["val"] == majority.dropped["val"] == 1
+    np.testing.assert_array_equal(probability.val.images, majority.val.images)
+    np.testing.assert_array_equal(probability.val.labels, majority.val.labels)
+    np.testing.assert_allclose(probability.val.targets[1][[4, 5]], [4 / 9, 5 / 9], rtol=1e-6)  # soft, for the loss
+
+
 def test_ferplus_test_split_and_progress(ferplus_root):
     root, _ = ferplus_root
     write_ferplus_split(root / "FER2013Test", [("fer0000020.png", votes(fear=7))], seed0=300)

@@ -29,7 +29,7 @@ from fer.data._bad import printable
 from fer.data.splits import BadItem, LabelMode, Split, Splits
 
 # Bump when a loader's output for the same input changes, so old entries miss.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: probability labels keep the majority rule's validation and test images
 SPLIT_NAMES = ("train", "val", "test")
 
 

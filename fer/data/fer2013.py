@@ -130,7 +130,7 @@ def load_fer2013_csv(
             if votes is None:  # no image name: FER+ dropped this face
                 dropped[split] += 1
                 continue
-            rule = vote_target(votes, label_mode)
+            rule = vote_target(votes, label_mode, split)
             if rule is None:
                 dropped[split] += 1
                 continue

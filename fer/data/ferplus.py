@@ -46,14 +46,21 @@ _COORDINATE = r"\s*(-?[0-9]{1,9})\s*"
 _BOX = re.compile(rf"^\s*\(?{_COORDINATE},{_COORDINATE},{_COORDINATE},{_COORDINATE}\)?\s*$")
 
 
-def vote_target(votes: np.ndarray, label_mode: LabelMode) -> tuple[int, np.ndarray] | None:
+def vote_target(votes: np.ndarray, label_mode: LabelMode, split: str = "train") -> tuple[int, np.ndarray] | None:
     """FER+'s label rule for one image's 10 vote counts: (label, target), or None to drop it.
 
     MAJORITY: the argmax over all 10 columns (the first on ties); dropped when
     that is unknown or NF. PROBABILITY: the 8 emotion votes normalised to sum
     to 1, label their argmax; dropped when no annotator chose an emotion.
     The caller treats all-zero votes as a bad row before asking.
+
+    The validation and test splits keep the majority rule's images in both
+    modes (an image whose top vote is unknown or NF is dropped there too), so
+    accuracy is measured on the same faces whatever the training targets;
+    PROBABILITY still gives them the vote distribution as target (for the loss).
     """
+    if split != "train" and int(np.argmax(votes)) >= NUM_CLASSES:
+        return None
     if label_mode is LabelMode.MAJORITY:
         label = int(np.argmax(votes))
         if label >= NUM_CLASSES:
@@ -183,7 +190,7 @@ def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, p
         if not votes.any():
             bad.add(where, f"all {VOTE_COLUMNS} vote counts are zero: the row has no label")
             continue
-        rule = vote_target(votes, label_mode)
+        rule = vote_target(votes, label_mode, name)
         if rule is None:
             dropped += 1
             continue
