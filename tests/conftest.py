@@ -3,6 +3,7 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,3 +137,37 @@ def count_decodes(monkeypatch):
 
     monkeypatch.setattr(fer.data.folders, "load_folders", counting)
     return calls
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a server started with `start_new_session=True` and every process it forked.
+
+    `mlflow server` and `mlflow models serve` run their workers as child
+    processes: stopping only the parent would leave those answering.
+    """
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def assert_same_splits(a, b) -> None:
+    """Two fer.data.Splits hold the same arrays, split by split, and the same description."""
+    import numpy as np
+
+    for (name, left), (_, right) in zip(a.items(), b.items(), strict=True):
+        np.testing.assert_array_equal(left.images, right.images, err_msg=name)
+        np.testing.assert_array_equal(left.labels, right.labels, err_msg=name)
+        np.testing.assert_array_equal(left.targets, right.targets, err_msg=name)
+    assert (a.source, a.location, a.label_mode, a.dropped, a.bad) == (b.source, b.location, b.label_mode, b.dropped,
+                                                                     b.bad)

@@ -30,6 +30,14 @@ def tiny_model(seed=0):
     return model
 
 
+def assert_restores(saved, expected_weights):
+    """Restoring `saved` into a differently initialised model gives exactly `expected_weights`."""
+    fresh = tiny_model(seed=1)
+    restore(fresh, saved)
+    for got, expected in zip(fresh.get_weights(), expected_weights):
+        np.testing.assert_array_equal(got, expected)
+
+
 def two_epochs_saved(directory):
     """A checkpoint of epoch 1, then one of epoch 2 with other weights; returns both models' weights."""
     model = tiny_model()
@@ -45,10 +53,7 @@ def test_the_newest_checkpoint_is_loaded_with_its_history_and_counters(tmp_path)
     saved = load_checkpoint(tmp_path)
     assert saved.epoch == 2 and saved.history == {"loss": [0.9, 0.8]}
     assert saved.callbacks == {"ReduceLROnPlateau": {"wait": 1}}
-    fresh = tiny_model(seed=1)
-    restore(fresh, saved)
-    for got, expected in zip(fresh.get_weights(), second):
-        np.testing.assert_array_equal(got, expected)
+    assert_restores(saved, second)
     # Only the two newest weights files are kept.
     assert sorted(p.name for p in tmp_path.glob("*.weights.h5")) == ["epoch-0001.weights.h5", "epoch-0002.weights.h5"]
 
@@ -76,10 +81,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     with pytest.warns(UserWarning, match="using the one of epoch 1 instead"):
         saved = load_checkpoint(tmp_path)
     assert saved.epoch == 1 and saved.history == {"loss": [0.9]}
-    fresh = tiny_model(seed=1)
-    restore(fresh, saved)
-    for got, expected in zip(fresh.get_weights(), first):
-        np.testing.assert_array_equal(got, expected)
+    assert_restores(saved, first)
 
 
 def test_a_kill_while_the_next_checkpoint_is_written_leaves_the_last_one_usable(tmp_path):
@@ -127,10 +129,7 @@ def test_an_uploaded_checkpoint_is_fetched_on_a_machine_without_one(tmp_path, st
 
     saved = resumable_checkpoint(client, run.info.run_id)  # fetched into FER_CHECKPOINT_DIR/<run_id>
     assert saved.epoch == 2 and saved.history == {"loss": [0.9, 0.8]}
-    fresh = tiny_model(seed=1)
-    restore(fresh, saved)
-    for got, expected in zip(fresh.get_weights(), second):
-        np.testing.assert_array_equal(got, expected)
+    assert_restores(saved, second)
 
 
 def test_an_upload_cut_off_midway_leaves_the_previous_upload_usable(tmp_path, store):
@@ -152,10 +151,7 @@ def test_an_upload_cut_off_midway_leaves_the_previous_upload_usable(tmp_path, st
     assert fetch_checkpoint(store, run.info.run_id, tmp_path / "fetched")
     with pytest.warns(UserWarning, match="using the one of epoch 1 instead"):
         saved = load_checkpoint(tmp_path / "fetched")
-    fresh = tiny_model(seed=1)
-    restore(fresh, saved)
-    for got, expected in zip(fresh.get_weights(), first):
-        np.testing.assert_array_equal(got, expected)
+    assert_restores(saved, first)
 
 
 def test_a_run_without_an_uploaded_checkpoint_has_nothing_to_fetch(tmp_path, store):

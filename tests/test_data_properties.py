@@ -30,7 +30,7 @@ from fer.data.fer2013 import load_fer2013_csv
 from fer.data.ferplus import load_ferplus
 from fer.data.folders import load_folders
 
-from conftest import fails_if_blocked
+from conftest import assert_same_splits, fails_if_blocked
 
 PROPERTY = settings(
     max_examples=25,
@@ -257,10 +257,7 @@ def test_a_damaged_cache_entry_is_a_miss_or_the_same_data_never_different_data(d
             read = cache.read(Path(folder), "key")
     if read is None:
         return
-    for (name, got), (_, expected) in zip(read.items(), SYNTHETIC.items(), strict=True):
-        np.testing.assert_array_equal(got.images, expected.images, err_msg=name)
-        np.testing.assert_array_equal(got.labels, expected.labels, err_msg=name)
-        np.testing.assert_array_equal(got.targets, expected.targets, err_msg=name)
+    assert_same_splits(read, SYNTHETIC)
 
 
 @pytest.mark.parametrize("damaged", [b"", b"PK\x03\x04", b"\x00" * 100])

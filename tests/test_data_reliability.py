@@ -31,7 +31,7 @@ from fer.data.fer2013 import load_fer2013_csv
 from fer.data.ferplus import load_ferplus
 from fer.data.folders import load_folders
 
-from conftest import fails_if_blocked
+from conftest import assert_same_splits, fails_if_blocked
 
 CLASSES = ("happy", "sad", "neutral", "angry")
 
@@ -58,15 +58,6 @@ def png_bytes(value: int = 128) -> bytes:
 @pytest.fixture
 def tree(tmp_path):
     return write_tree(tmp_path / "faces")
-
-
-def assert_same_splits(a, b):
-    for (name, left), (_, right) in zip(a.items(), b.items(), strict=True):
-        np.testing.assert_array_equal(left.images, right.images, err_msg=name)
-        np.testing.assert_array_equal(left.labels, right.labels, err_msg=name)
-        np.testing.assert_array_equal(left.targets, right.targets, err_msg=name)
-    assert (a.source, a.location, a.label_mode, a.dropped, a.bad) == (b.source, b.location, b.label_mode, b.dropped,
-                                                                     b.bad)
 
 
 # ---------------------------------------------------------------- row 1: broken cache entries

@@ -9,7 +9,6 @@ PostgreSQL or psycopg2 is not installed.
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +17,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, run_or_fail, wait_until_healthy
+from conftest import EXPERIMENT, free_port, run_or_fail, stop_process_group, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
 USER, PASSWORD, DATABASE = "fer", "fer-test-password", "mlflow"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
@@ -108,7 +102,7 @@ def server(postgres, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -116,8 +110,7 @@ def server(postgres, tmp_path_factory):
         wait_until_healthy(uri, process, timeout=180, log=folder / "server.log")
         yield uri, folder
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process_group(process)
         log.close()
 
 

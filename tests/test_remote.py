@@ -1,7 +1,6 @@
 """Against a real `mlflow server` on 127.0.0.1: phases, compare and promote, and a server that is not there."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,16 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, project_env, run_or_fail, wait_until_healthy
+from conftest import EXPERIMENT, free_port, project_env, run_or_fail, stop_process_group, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +27,14 @@ def server(tmp_path_factory):
             "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination", str(folder / "artifacts"),
         ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(uri, process, timeout=90)
         yield uri, folder
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process_group(process)
 
 
 def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_path):
@@ -99,7 +92,7 @@ def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
          "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"],
-        env=server_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        env=server_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -116,5 +109,4 @@ def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
         # Authenticated: the server answered, and the experiment simply has no runs yet.
         assert accepted.returncode == 1 and "No finished phase1 run" in accepted.stderr
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process_group(process)

@@ -292,11 +292,33 @@ def test_evaluate_predictions_rejects_bad_input(y_true, probabilities, names, ma
 # -------------------------------------------------------------------- plot_confusion_matrix
 
 
-def test_plot_confusion_matrix_writes_png_with_zero_row(tmp_path, evaluation):
+def test_plot_confusion_matrix_draws_each_rows_shares_and_counts_and_marks_an_empty_row(
+    tmp_path, evaluation, monkeypatch
+):
+    import fer.reports
+
+    drawn = []
+
+    class RecordingFigure(fer.reports.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            drawn.append(self)
+
+    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
     assert evaluation.confusion[2].sum() == 0  # the row to draw grey
     path = plot_confusion_matrix(evaluation.confusion, NAMES, tmp_path / "cm.png", title="test")
     assert path == tmp_path / "cm.png"
     _assert_png(path)
+
+    ax = drawn[0].axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    # Confusion [[2, 1, 0], [0, 1, 1], [0, 0, 0]]: row shares in percent, raw counts beneath.
+    assert cells[(0, 0)] == "67%\n(2)" and cells[(0, 1)] == "33%\n(1)" and cells[(0, 2)] == "0%\n(0)"
+    assert cells[(1, 1)] == "50%\n(1)" and cells[(1, 2)] == "50%\n(1)"
+    assert cells[(2, 1)] == "no samples"  # one centred note instead of three NaN cells
+    shares = ax.images[0].get_array()
+    np.testing.assert_allclose(shares[:2].filled(), [[2 / 3, 1 / 3, 0], [0, 0.5, 0.5]])
+    assert shares.mask[2].all()  # drawn grey, not as 0 %
 
 
 def test_plot_confusion_matrix_emotions_and_all_zero(tmp_path):

@@ -14,8 +14,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from conftest import free_port, stop_process_group
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
@@ -398,11 +397,6 @@ def test_find_keras_file(tmp_path):
 # A real scoring server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def http(url: str, body: bytes | None = None, content_type: str = "application/json", timeout: float = 120):
     """(status, body text) of a GET (no body) or POST, HTTP errors included."""
@@ -447,13 +441,7 @@ def server(served, store, tmp_path_factory):
             time.sleep(1)
         yield base
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # its own session: uvicorn's workers go too
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)  # its own session: uvicorn's workers go too
         log.close()
 
 

@@ -7,6 +7,7 @@ the run back through MLflow's client, as a user comparing runs would.
 import json
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -134,78 +135,76 @@ def test_logged_model_reloads_and_predicts_like_the_keras_model(store, tmp_path)
     np.testing.assert_allclose(pyfunc.predict(faces), network.predict(faces, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-def test_learning_rate_step_is_recorded_at_the_epoch_that_first_ran_at_the_new_rate(tmp_path, monkeypatch):
-    """Monitoring the rate itself with patience 1 forces ReduceLROnPlateau to step after epochs 2 and 4."""
-    from fer.config import load_config
-    from fer.train import train
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    config = load_config(
-        "phase1",
-        {
-            "data": "synthetic:64", "epochs": 5, "batch_size": 32,
-            "reduce_lr.monitor": "learning_rate", "reduce_lr.patience": 1, "early_stopping.enabled": False,
-        },
-    )
-    run_id = train(config, experiment="lr-step")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    rates = [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
-    np.testing.assert_allclose(rates, [1e-3, 1e-3, 2e-4, 2e-4, 4e-5], rtol=1e-5)
-    mlflow.set_tracking_uri(None)
-
-
-def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mirror_averaged(tmp_path, monkeypatch):
-    """lr_schedule=linear decays every epoch to the floor; tta=flip logs plain and TTA figures; the served
-    model is the mirror-averaging one, so a face and its mirror get the same probabilities."""
-    from fer.config import load_config
-    from fer.data.synthetic import make_faces
-    from fer.train import train
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture
+def in_process(tmp_path, monkeypatch):
+    """`fer.train.train` called in this process, into a SQLite store (and data cache) in tmp_path; its client."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    config = load_config("phase1", {"data": "synthetic:96", "epochs": 3, "batch_size": 32, "lr_schedule": "linear",
-                                    "warmup_epochs": 0, "tta": "flip", "early_stopping.enabled": False})
-    run_id = train(config, experiment="schedule-tta")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.get_run(run_id)
-    rates = [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
+    yield MlflowClient(uri)
+    mlflow.set_tracking_uri(None)
+
+
+def train_phase1(settings: dict, experiment: str) -> str:
+    from fer.config import load_config
+    from fer.train import train
+
+    return train(load_config("phase1", {"data": "synthetic:64", "batch_size": 32, **settings}), experiment=experiment)
+
+
+def test_learning_rate_step_is_recorded_at_the_epoch_that_first_ran_at_the_new_rate(in_process):
+    """Monitoring the rate itself with patience 1 forces ReduceLROnPlateau to step after epochs 2 and 4."""
+    run_id = train_phase1({"epochs": 5, "reduce_lr.monitor": "learning_rate", "reduce_lr.patience": 1,
+                           "early_stopping.enabled": False}, "lr-step")
+    rates = [m.value for m in sorted(in_process.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 2e-4, 2e-4, 4e-5], rtol=1e-5)
+
+
+def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mirror_averaged(in_process, tmp_path):
+    """lr_schedule=linear decays every epoch to the floor; tta=flip logs the TTA figures as eval_* and the
+    plain network's as eval_no_tta_*; the served model is the mirror-averaging one."""
+    from fer import data as fer_data
+    from fer.data.synthetic import make_faces
+
+    settings = {"data": "synthetic:96", "epochs": 3, "lr_schedule": "linear", "warmup_epochs": 0, "tta": "flip",
+                "early_stopping.enabled": False}
+    run_id = train_phase1(settings, "schedule-tta")
+    run = in_process.get_run(run_id)
+    rates = [m.value for m in sorted(in_process.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
     assert len(rates) == 3 and rates[0] > rates[1] > rates[2] == pytest.approx(1e-5, rel=1e-4)
-    for name in ("eval_accuracy", "eval_no_tta_accuracy", "eval_macro_f1", "eval_no_tta_macro_f1"):
-        assert 0 <= run.data.metrics[name] <= 1, name
-    diagnostics = Path(client.download_artifacts(run_id, "diagnostics.md", str(tmp_path))).read_text()
+    assert_evaluation_matches_the_confusion_matrix(in_process, run, tmp_path / "evaluation")
+    diagnostics = Path(in_process.download_artifacts(run_id, "diagnostics.md", str(tmp_path))).read_text()
     assert "followed a linear decay" in diagnostics and "followed by" not in diagnostics
+
+    # The plain figures are the wrapped network's own, on the same split.
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
+    from fer.serving import load_network
+
+    wrapper = load_network(str(next(local.rglob("*.keras"))))
+    plain = next(layer for layer in wrapper.layers if isinstance(layer, keras.Model))
+    splits = fer_data.load("synthetic:96", seed=42)
+    evaluated = getattr(splits, run.data.tags["fer.eval_split"])
+    predicted = plain.predict(evaluated.images[..., np.newaxis].astype(np.float32), verbose=0).argmax(axis=1)
+    assert run.data.metrics["eval_no_tta_accuracy"] == pytest.approx(np.mean(predicted == evaluated.labels), abs=1e-9)
 
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     faces = make_faces(4, seed=3)[0][..., np.newaxis].astype(np.float32)
     np.testing.assert_allclose(model.predict(faces), model.predict(faces[:, :, ::-1]), atol=1e-5)
-    mlflow.set_tracking_uri(None)
 
 
-def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(tmp_path, monkeypatch):
+def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(in_process, tmp_path):
     """A 3-second budget stops a 50-epoch run after its first epoch (which XLA compilation makes long)."""
-    from fer.config import load_config
-    from fer.train import train
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    config = load_config(
-        "phase1",
-        {"data": "synthetic:64", "epochs": 50, "batch_size": 32, "max_minutes": 0.05,
-         "jit_compile": "true", "dtype_policy": "mixed_bfloat16"},
-    )
-    run_id = train(config, experiment="time-limit")
-    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    run_id = train_phase1({"epochs": 50, "max_minutes": 0.05, "jit_compile": "true",
+                           "dtype_policy": "mixed_bfloat16"}, "time-limit")
+    run = in_process.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["fer.stopped_by"] == "time_limit"
     assert 1 <= run.data.metrics["epochs_trained"] < 50
     assert run.data.params["acceleration.jit_compile"] == "True"
     assert run.data.params["acceleration.dtype_policy"] == "mixed_bfloat16"
     # Evaluated and logged like any run.
-    assert_evaluation_matches_the_confusion_matrix(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), run,
-                                                   tmp_path / "evaluation")
-    mlflow.set_tracking_uri(None)
+    assert_evaluation_matches_the_confusion_matrix(in_process, run, tmp_path / "evaluation")
 
 
 def test_bad_parameter_fails_before_training_with_a_message(tmp_path):
