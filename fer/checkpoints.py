@@ -111,12 +111,6 @@ def _read_metadata(path: Path) -> SavedCheckpoint:
     return SavedCheckpoint(int(metadata["epoch"]), weights, metadata["history"], metadata.get("callbacks", {}))
 
 
-def epochs_done(directory: Path) -> int:
-    """How many epochs the checkpoint in `directory` holds (0 when there is none)."""
-    saved = load_checkpoint(directory)
-    return saved.epoch if saved else 0
-
-
 def restore(model: keras.Model, saved: SavedCheckpoint) -> None:
     """Load `saved`'s weights and optimizer state into a compiled, built `model`."""
     if model.optimizer is not None and not model.optimizer.built:
@@ -363,9 +357,10 @@ def resumable_checkpoint(client: MlflowClient, run_id: str) -> SavedCheckpoint |
     if run.info.status == "FINISHED":
         raise ResumeError(f"Run {run_id} already FINISHED; there is nothing to resume.")
     directory = checkpoint_dir(run_id)
-    if load_checkpoint(directory) is None and fetch_checkpoint(client, run_id, directory):
-        print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
     saved = load_checkpoint(directory)
+    if saved is None and fetch_checkpoint(client, run_id, directory):
+        print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
+        saved = load_checkpoint(directory)
     logged = client.get_metric_history(run_id, "loss")
     if saved is not None and len(logged) > saved.epoch:
         warnings.warn(

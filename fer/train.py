@@ -153,17 +153,14 @@ def train(
 
             # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
             network = distribute.for_chief_alone(prepared.model)
-            served = with_flip_averaging(network) if config.tta == "flip" else network
-            evaluation = _evaluate(served, prepared.splits, prepared.batch_size)
-            if served is not network:  # the plain network's figures too, so the TTA gain is visible
-                _log_plain_evaluation(network, prepared.splits, prepared.batch_size)
+            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta)
 
             # 7. The analysis people used to write by hand, from the run's own numbers
             diagnostics = diagnose_run(run_id, client)
             log_diagnostics(diagnostics)
 
             # 8. The model, ready for pyfunc and the registry
-            _log_model(served, prepared.splits.val)
+            _log_model(with_flip_averaging(network) if config.tta == "flip" else network, prepared.splits.val)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
@@ -517,12 +514,25 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
     return best
 
 
-def _evaluate(model: keras.Model, splits: Splits, batch_size: int) -> reports.Evaluation:
+def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = "none") -> reports.Evaluation:
+    """Evaluate on the test split (validation where there is none) and log it.
+
+    With tta "flip" the logged figures are those of the mean of each face's and
+    its mirror's probabilities (what `with_flip_averaging` serves), and the
+    plain network's accuracy and macro-F1 go beside them as `eval_no_tta_*`:
+    two forward passes in all.
+    """
     # predict, not evaluate: evaluate would fire autologging's validation hooks
     # and record test numbers under validation names.
     split_name = splits.eval_split_name
     split = getattr(splits, split_name)
-    probabilities = model.predict(make_dataset(split, batch_size, training=False), verbose=0)
+    probabilities = _predict(network, split, batch_size)
+    if tta == "flip":
+        plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
+        mlflow.log_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
+                            f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
+        mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
+        probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
@@ -537,12 +547,8 @@ def _evaluate(model: keras.Model, splits: Splits, batch_size: int) -> reports.Ev
     return evaluation
 
 
-def _log_plain_evaluation(network: keras.Model, splits: Splits, batch_size: int) -> None:
-    """Accuracy and macro-F1 of the network without test-time augmentation, as `eval_no_tta_*`."""
-    split = getattr(splits, splits.eval_split_name)
-    probabilities = network.predict(make_dataset(split, batch_size, training=False), verbose=0)
-    plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, splits.eval_split_name)
-    mlflow.log_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy, f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
+def _predict(network: keras.Model, split: Split, batch_size: int) -> np.ndarray:
+    return network.predict(make_dataset(split, batch_size, training=False), verbose=0)
 
 
 def _log_model(model: keras.Model, examples: Split) -> None:
