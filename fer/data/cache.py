@@ -131,10 +131,8 @@ def _read_entry(entry: Path) -> Splits:
             for name in SPLIT_NAMES
             if f"{name}_images" in arrays
         }
-    return Splits(
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
+    return Splits.from_named(
+        splits,
         source=str(meta["source"]),
         label_mode=LabelMode(meta["label_mode"]),
         location=str(meta["location"]),

@@ -82,12 +82,9 @@ def load_fer2013_csv(
     votes_by_row = _read_ferplus_labels(labels_path, bad) if labels_path else None
     total = len(votes_by_row) if votes_by_row is not None else max(count_lines(csv_path) - 1, 0)
 
-    rows = csv_rows(csv_path)
-    header_line, header = next(rows, (1, None))
-    if header is None:
-        raise DataError(
-            f"{printable(csv_path)} is empty. A fer2013.csv starts with the header emotion,pixels,Usage."
-        )
+    rows, header_line, header = _rows_after_header(
+        csv_path, f"{printable(csv_path)} is empty. A fer2013.csv starts with the header emotion,pixels,Usage."
+    )
     columns = _column_indices(csv_path, header_line, header)
     n_columns = len(header)
     emotion_col, pixels_col, usage_col = (columns[name] for name in REQUIRED_COLUMNS)
@@ -172,14 +169,9 @@ def load_fer2013_csv(
         labels = np.fromiter((item[1] for item in items), np.int64, len(items))
         targets = np.array([item[2] for item in items], np.float32)
         splits[name] = Split(images[rows_idx], labels, targets)
-    return Splits(
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
-        source=SOURCE,
-        label_mode=label_mode,
-        location=str(csv_path.resolve()),
-        dropped={name: count for name, count in dropped.items() if name in splits},
+    kept_dropped = {name: count for name, count in dropped.items() if name in splits}
+    return Splits.from_named(
+        splits, source=SOURCE, label_mode=label_mode, location=str(csv_path.resolve()), dropped=kept_dropped,
         bad=bad.result(),
     )
 
@@ -189,6 +181,15 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError as err:
         raise DataError(f"Cannot read {printable(path)}: {err.strerror or err}.") from err
+
+
+def _rows_after_header(path: Path, empty_message: str):
+    """(the rows after the header, the header's line number, the header); DataError(empty_message) if empty."""
+    rows = csv_rows(path)
+    header_line, header = next(rows, (1, None))
+    if header is None:
+        raise DataError(empty_message)
+    return rows, header_line, header
 
 
 def _column_indices(csv_path: Path, line: int, header: list[str]) -> dict[str, int]:
@@ -204,12 +205,9 @@ def _column_indices(csv_path: Path, line: int, header: list[str]) -> dict[str, i
 
 def _read_ferplus_labels(path: Path, bad: BadItems) -> list:
     """One entry per data row: (line, usage, votes or None when FER+ dropped it), or None for a bad row."""
-    rows = csv_rows(path)
-    header_line, header = next(rows, (1, None))
-    if header is None:
-        raise DataError(
-            f"FER+ label file {printable(path)} is empty. It starts with the header {','.join(FERPLUS_HEADER)}."
-        )
+    rows, header_line, header = _rows_after_header(
+        path, f"FER+ label file {printable(path)} is empty. It starts with the header {','.join(FERPLUS_HEADER)}."
+    )
     if tuple(cell.strip().lower() for cell in header) != FERPLUS_HEADER:
         raise DataError(
             f"{printable(path)}, line {header_line}: the header is {shown(','.join(header))}, expected "

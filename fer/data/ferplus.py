@@ -116,15 +116,8 @@ def load_ferplus(
                 f"{sum(1 for item in bad.items if _in_folder(item.location, root / FOLDERS[name]))} bad). "
                 "Check its label.csv and images."
             )
-    return Splits(
-        train=loaded["train"],
-        val=loaded["val"],
-        test=loaded.get("test"),
-        source=SOURCE,
-        label_mode=label_mode,
-        location=str(root.resolve()),
-        dropped=dropped,
-        bad=bad.result(),
+    return Splits.from_named(
+        loaded, source=SOURCE, label_mode=label_mode, location=str(root.resolve()), dropped=dropped, bad=bad.result()
     )
 
 

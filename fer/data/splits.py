@@ -123,6 +123,20 @@ class Splits:
     bad: tuple[BadItem, ...] = ()
     class_names: tuple[str, ...] = EMOTIONS
 
+    @classmethod
+    def from_named(cls, splits: dict[str, Split], **details) -> "Splits":
+        """The Splits of a {"train", "val"[, "test"]} mapping, as every loader builds one.
+
+        `details` are the other fields (source, label_mode, location, dropped, bad).
+
+        Example:
+        >>> one = Split(np.zeros((1, 48, 48, 1), np.uint8), np.zeros(1, np.int64), np.ones((1, 8), np.float32))
+        >>> Splits.from_named({"train": one, "val": one}, source="s", label_mode=LabelMode.MAJORITY,
+        ...                   location="here").test is None
+        True
+        """
+        return cls(train=splits["train"], val=splits["val"], test=splits.get("test"), **details)
+
     def items(self):
         """(name, split) for each split that exists, in train, val, test order."""
         for name in ("train", "val", "test"):
