@@ -171,7 +171,8 @@ def train(
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
     print(
-        f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}"
+        f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}, "
+        f"log-loss {evaluation.log_loss:.4f}, ECE {evaluation.ece:.4f}"
         f"\nRun {run_id} in {mlflow.get_tracking_uri()}"
     )
     return run_id
