@@ -181,3 +181,13 @@ def test_scaling_keeps_rows_distributions_and_their_most_likely_class(logits, te
 def test_the_docstring_examples_run():
     result = doctest.testmod(fer.calibration, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def test_importing_the_module_does_not_import_scikit_learn():
+    """A served model imports fer.calibration (through fer.models), and its environment has no scikit-learn."""
+    import subprocess
+    import sys
+
+    code = "import sys, fer.calibration; print('sklearn' in sys.modules, 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

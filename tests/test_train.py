@@ -241,6 +241,19 @@ def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_mode
     assert metrics["eval_accuracy"] == pytest.approx(np.mean(raw.argmax(axis=1) == test.labels), abs=1e-9)
 
 
+def test_a_refitted_temperature_on_resume_goes_to_a_tag_since_a_param_cannot_change(in_process):
+    from fer.train import TEMPERATURE_PARAM, _log_temperature_param
+
+    mlflow.set_experiment("refit")
+    with mlflow.start_run() as run:
+        _log_temperature_param("1.5")
+        _log_temperature_param("1.5")  # the same value again: nothing to say
+        _log_temperature_param("2.25")  # a resumed sitting refitted on other weights
+    data = in_process.get_run(run.info.run_id).data
+    assert data.params[TEMPERATURE_PARAM] == "1.5"
+    assert data.tags[f"fer.{TEMPERATURE_PARAM}_refitted"] == "2.25"
+
+
 def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(in_process, tmp_path):
     """A 3-second budget stops a 50-epoch run after its first epoch (which XLA compilation makes long)."""
     run_id = train_phase1({"epochs": 50, "max_minutes": 0.05, "jit_compile": "true",
