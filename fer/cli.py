@@ -45,6 +45,8 @@ def main():
 @click.option("--lr-schedule", "lr_schedule", callback=_blank_is_none,
               help="plateau (steps on a plateau), or linear / cosine (decay to ~0 at the end of the epochs or budget).")
 @click.option("--tta", callback=_blank_is_none, help="none, or flip: evaluate and serve the face and its mirror averaged.")
+@click.option("--calibration", callback=_blank_is_none,
+              help="none, or temperature: fit one temperature on validation; the logged model applies it.")
 @click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. augmentation.rotation=10."
 )

@@ -65,6 +65,10 @@ class RunSummary:
     stopped_by: str | None = None  # epochs | early_stopping | time_limit
     wall_seconds: float | None = None  # the run's start to end: every sitting, the pauses between them, evaluation
     sittings: int = 1
+    # Calibration of the served probabilities on the evaluation split (fer.calibration); None in runs from before it.
+    eval_log_loss: float | None = None
+    eval_ece: float | None = None
+    temperature: float | None = None  # with `calibration: temperature`, the one fitted on validation
 
     @property
     def best_epoch(self) -> int:
@@ -152,6 +156,9 @@ def summarize(run: Run, history: dict[str, list[float]]) -> RunSummary:
         stopped_by=run.data.tags.get(TAG_STOPPED_BY),
         wall_seconds=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
         sittings=int(run.data.tags.get("fer.sittings", "1")),
+        eval_log_loss=metrics.get("eval_log_loss"),
+        eval_ece=metrics.get("eval_ece"),
+        temperature=metrics.get("calibration_temperature"),
     )
 
 
@@ -205,6 +212,7 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
         if b is None or f is None:
             continue
         rows.append(Row(f"{split} {label}", f"{b:.4f}", f"{f:.4f}", _change(f - b, True, _points)))
+    rows += _calibration_rows(baseline, final, split)
     # Accuracy hides the rare classes (FER+ has 168 contempt faces to 10,295 neutral): one row each.
     for name in EMOTIONS:
         if name in baseline.eval_recall and name in final.eval_recall:
@@ -217,6 +225,29 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
         rows.append(Row("Wall time (run start to end, loading and evaluation included)",
                         f"{baseline.wall_seconds / 60:.1f} min", f"{final.wall_seconds / 60:.1f} min", ""))
     return rows
+
+
+def _calibration_rows(baseline: RunSummary, final: RunSummary, split: str) -> list[Row]:
+    """Log-loss and ECE of the served probabilities (lower is better), n/a for a run from before they were logged."""
+    rows = []
+    for label, attr in (("log-loss", "eval_log_loss"), ("expected calibration error (15 bins)", "eval_ece")):
+        b, f = getattr(baseline, attr), getattr(final, attr)
+        if b is None and f is None:
+            continue
+        change = "n/a" if b is None or f is None else _change(f - b, False, lambda d: f"{d:+.4f}")
+        rows.append(Row(f"{split} {label}", _value_or_na(b), _value_or_na(f), change))
+    if baseline.temperature is not None or final.temperature is not None:
+        rows.append(Row("Calibration temperature (fitted on validation)", _temperature_text(baseline),
+                        _temperature_text(final), ""))
+    return rows
+
+
+def _value_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _temperature_text(summary: RunSummary) -> str:
+    return "none" if summary.temperature is None else f"{summary.temperature:.3f}"
 
 
 def _fit_time_text(summary: RunSummary) -> str:

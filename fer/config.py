@@ -27,6 +27,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
 LR_SCHEDULES = ("plateau", "linear", "cosine")
 TTA_CHOICES = ("none", "flip")
+CALIBRATIONS = ("none", "temperature")
 # What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
 # for schedules keyed on the rate itself (and for tests that force a step).
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy", "learning_rate")
@@ -94,6 +95,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear / cosine: the rate rises to learning_rate over this many epochs
     final_lr_fraction: float = 0.01  # linear / cosine: the last step's rate, as a fraction of learning_rate
     tta: str = "none"  # none | flip: evaluate and serve the mean of the face's and its mirror's predictions
+    calibration: str = "none"  # none | temperature: fit one temperature on validation, serve scaled (fer.calibration)
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
@@ -334,6 +336,8 @@ def validate(config: TrainConfig) -> None:
              f"a number of epochs from 0 to epochs ({config.epochs})", config.warmup_epochs)
     _require(0 <= config.final_lr_fraction < 1, "final_lr_fraction", "a fraction in [0, 1)", config.final_lr_fraction)
     _require(config.tta in TTA_CHOICES, "tta", f"one of {', '.join(TTA_CHOICES)}", config.tta)
+    _require(config.calibration in CALIBRATIONS, "calibration", f"one of {', '.join(CALIBRATIONS)}",
+             config.calibration)
     _require(config.checkpoint_upload_every >= 0, "checkpoint_upload_every",
              "0 (upload on failure only) or a number of epochs", config.checkpoint_upload_every)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from fer.calibration import PROBABILITY_FLOOR
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -109,6 +110,49 @@ def with_flip_averaging(network: keras.Model) -> keras.Model:
     mirrored = HorizontalFlip(name="mirror")(inputs)
     outputs = layers.Average(name="flip_average", dtype="float32")([network(inputs), network(mirrored)])
     return keras.Model(inputs, outputs, name=f"{network.name}_flip_tta")
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class TemperatureScaling(layers.Layer):
+    """Rescales probabilities to softmax(ln p / T): a softmax network's logits divided by `temperature`.
+
+    Works on log-probabilities because the networks end in a softmax
+    (`fer.calibration` explains why that equals dividing the logits). The same
+    floor as `fer.calibration.apply_temperature` keeps ln 0 finite, so both
+    give the same numbers. The most likely class never changes.
+    """
+
+    def __init__(self, temperature: float, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # like the softmax it follows, whatever the dtype policy
+        super().__init__(**kwargs)
+        temperature = float(temperature)
+        if not temperature > 0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number above 0; got {temperature!r}")
+        self.temperature = temperature
+
+    def call(self, probabilities):
+        log_p = keras.ops.log(keras.ops.maximum(probabilities, PROBABILITY_FLOOR))
+        return keras.ops.softmax(log_p / self.temperature, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def with_temperature(network: keras.Model, temperature: float) -> keras.Model:
+    """`network` wrapped to serve temperature-scaled probabilities (`fer.calibration.fit_temperature` finds T).
+
+    Like `with_flip_averaging`: the same weights, the same input, N x 8
+    probabilities out, so serving is unchanged; it wraps a flip-averaging
+    network as well as a plain one. A saved wrapper loads wherever `fer.models`
+    is imported (it registers `TemperatureScaling`).
+
+    Example:
+        calibrated = with_temperature(build_model("final"), 1.7)
+        probabilities = calibrated.predict(faces)  # == fer.calibration.apply_temperature(net(faces), 1.7)
+    """
+    inputs = keras.Input(shape=network.input_shape[1:], name="face")
+    outputs = TemperatureScaling(temperature, name="temperature")(network(inputs))
+    return keras.Model(inputs, outputs, name=f"{network.name}_calibrated")
 
 
 def build_model(name: str) -> keras.Model:

@@ -9,7 +9,9 @@ a model:
   (keys such as ``accuracy``, ``loss``, ``val_accuracy``, ``val_loss``,
   ``learning_rate``). List indices are 0-based epochs; every text and figure
   shows epochs 1-based, as people count them.
-* an *evaluation* comes from integer labels and predicted probabilities.
+* an *evaluation* comes from integer labels and predicted probabilities;
+  its calibration figures (log-loss, ECE, the reliability bins) come from
+  `fer.calibration`.
 
 Deliberately no tensorflow/keras or mlflow import: this module must stay cheap
 to import (CLI start-up, tests) and usable on a machine that only has the
@@ -22,7 +24,7 @@ renders with Agg.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from fer.calibration import Reliability, reliability
+from fer.calibration import log_loss as _log_loss
 from fer.history import best_epoch, format_rate, marked_rate_steps
 from fer.history import learning_rates as _learning_rates
 from fer.history import series as _series
@@ -49,6 +53,7 @@ __all__ = [
     "evaluate_predictions",
     "plot_confusion_matrix",
     "plot_history",
+    "plot_reliability_diagram",
 ]
 
 # Above this many epochs per-epoch markers turn the curves into a smear.
@@ -420,16 +425,29 @@ class Evaluation:
     per_class: dict  # {class_name: {"precision", "recall", "f1", "support"}}
     confusion: np.ndarray  # raw counts, KxK, rows = true, columns = predicted
     report_text: str  # sklearn classification_report with class names
+    log_loss: float  # mean -ln p[true class] (fer.calibration.log_loss)
+    reliability: Reliability  # the confidence bins (15) that the reliability diagram draws
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error over the reliability bins (`fer.calibration`)."""
+        return self.reliability.ece
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat dict for ``mlflow.log_metrics``.
 
-        ``{prefix}_accuracy``, ``{prefix}_macro_f1`` and
-        ``{prefix}_{precision|recall|f1}_{class_name}`` for every class that
-        has samples. Zero-support classes are left out: their 0.0 would be an
-        artefact of zero_division, not a measurement, and would drag charts.
+        ``{prefix}_accuracy``, ``{prefix}_macro_f1``, ``{prefix}_log_loss``,
+        ``{prefix}_ece`` and ``{prefix}_{precision|recall|f1}_{class_name}``
+        for every class that has samples. Zero-support classes are left out:
+        their 0.0 would be an artefact of zero_division, not a measurement,
+        and would drag charts.
         """
-        out = {f"{prefix}_accuracy": self.accuracy, f"{prefix}_macro_f1": self.macro_f1}
+        out = {
+            f"{prefix}_accuracy": self.accuracy,
+            f"{prefix}_macro_f1": self.macro_f1,
+            f"{prefix}_log_loss": self.log_loss,
+            f"{prefix}_ece": self.ece,
+        }
         for name, values in self.per_class.items():
             if values["support"] == 0:
                 continue
@@ -457,11 +475,14 @@ def _labels(y_true, k: int) -> np.ndarray:
 
 
 def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Evaluation:
-    """Evaluate predicted probabilities (N, K) against integer labels (N,).
+    """Evaluate predicted probabilities (N, K), rows summing to 1, against integer labels (N,).
 
-    The prediction is the argmax of each row. All metrics come from sklearn;
-    macro-F1 averages over the classes present in y_true, so a class the split
-    has no sample of cannot pull it down with a meaningless 0.
+    The prediction is the argmax of each row. All classification metrics come
+    from sklearn; macro-F1 averages over the classes present in y_true, so a
+    class the split has no sample of cannot pull it down with a meaningless 0.
+    Log-loss and the reliability bins (ECE, 15 bins) score the probabilities
+    themselves against the labels (`fer.calibration`); soft targets count as
+    their argmax there too, as for accuracy.
     """
     class_names = [str(name) for name in class_names]
     k = len(class_names)
@@ -501,6 +522,12 @@ def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Eval
             f"\nNo samples of: {missing}. macro_f1 (logged) averages the {len(present)} "
             f"classes present: {macro_f1:.4f}\n"
         )
+    bins = reliability(y_true, probabilities)
+    loss = _log_loss(y_true, probabilities)
+    report_text += (
+        f"\nCalibration: log-loss {loss:.4f}, expected calibration error {bins.ece:.4f} "
+        f"({len(bins.counts)} equal-width confidence bins)\n"
+    )
     confusion = confusion_matrix(y_true, y_pred, labels=all_labels)
     confusion.setflags(write=False)  # the dataclass is frozen; keep its array so too
     return Evaluation(
@@ -510,4 +537,61 @@ def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Eval
         per_class=per_class,
         confusion=confusion,
         report_text=report_text,
+        log_loss=loss,
+        reliability=bins,
     )
+
+
+# --------------------------------------------------------------- reliability diagram
+
+
+def plot_reliability_diagram(curves: Mapping[str, Reliability], path, title: str | None = None) -> Path:
+    """Write a PNG reliability diagram of one or more sets of predictions to `path`; return it as a Path.
+
+    `curves` maps a legend name to `fer.calibration.reliability(...)` bins
+    (the same bins for all), e.g. the predictions before and after temperature
+    scaling. Top panel: each curve's accuracy against its mean confidence in
+    every non-empty bin, with the diagonal of perfect calibration (below it:
+    over-confident) and the curve's ECE in the legend. Bottom panel: the share
+    of faces in each bin, the curves' bars side by side.
+
+    Example:
+        bins = fer.calibration.reliability(labels, probabilities)
+        plot_reliability_diagram({"test split": bins}, "reliability_diagram.png")
+    """
+    path = Path(path)
+    if not curves:
+        raise ValueError("plot_reliability_diagram needs at least one set of bins")
+    edges = next(iter(curves.values())).edges
+    for name, bins in curves.items():
+        if bins.edges.shape != edges.shape or not np.allclose(bins.edges, edges):
+            raise ValueError(f"the bins of {name!r} differ from those of the first curve; bin all curves alike")
+
+    fig = Figure(figsize=(6.4, 7.2), dpi=110, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], linestyle="--", color=_STEP_COLOR, linewidth=1, label="perfect calibration")
+    width = np.diff(edges)
+    colors = colormaps["tab10"].colors
+    for i, (name, bins) in enumerate(curves.items()):
+        filled = bins.counts > 0
+        label = f"{name} (ECE {bins.ece:.4f})"
+        top.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", markersize=4,
+                 color=colors[i % len(colors)], label=label)
+        share = bins.counts / max(bins.total, 1)
+        bar_width = width / len(curves)
+        bottom.bar(edges[:-1] + i * bar_width, share, width=bar_width, align="edge",
+                   color=colors[i % len(colors)], alpha=0.8, label=name)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy in the bin")
+    top.set_title(title or f"Reliability ({len(width)} confidence bins)")
+    top.grid(True, alpha=0.3)
+    top.legend(loc="upper left", fontsize=9)
+    bottom.set_xlabel("confidence (highest probability)")
+    bottom.set_ylabel("share of faces")
+    bottom.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    bottom.grid(True, axis="y", alpha=0.3)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -11,7 +11,9 @@ Read top to bottom, `train` is the whole story of a run:
 5. reports: history (JSON and pickle), history plots, best-performance text;
 6. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report,
-   through the mirror-averaging model when `tta: flip` (plain figures beside it);
+   log-loss, calibration error and a reliability diagram, through the
+   mirror-averaging model when `tta: flip` (plain figures beside it), with the
+   temperature fitted on validation when `calibration: temperature`;
 7. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
 8. model: logged with a signature and an input example, ready for the registry.
@@ -37,10 +39,11 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.exceptions import MlflowException
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import acceleration, distribute, reports
+from fer import acceleration, calibration, distribute, reports
 from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
     CheckpointUpload,
@@ -57,7 +60,7 @@ from fer.checkpoints import (
 from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
-from fer.models import build_model, with_flip_averaging
+from fer.models import build_model, with_flip_averaging, with_temperature
 from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
@@ -73,6 +76,7 @@ from fer.tracking import (
 )
 
 MODEL_ARTIFACT = "model"
+TEMPERATURE_PARAM = "calibration.temperature"
 EVAL_PREFIX = "eval"
 
 
@@ -152,20 +156,23 @@ def train(
             best = _log_history(history, config)
 
             # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
+            # and the probabilities temperature-scaled when `calibration: temperature` (fitted on validation)
             network = distribute.for_chief_alone(prepared.model)
-            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta)
+            temperature = _fit_temperature(network, prepared, config) if config.calibration == "temperature" else None
+            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta, temperature)
 
             # 7. The analysis people used to write by hand, from the run's own numbers
             diagnostics = diagnose_run(run_id, client)
             log_diagnostics(diagnostics)
 
             # 8. The model, ready for pyfunc and the registry
-            _log_model(with_flip_averaging(network) if config.tta == "flip" else network, prepared.splits.val)
+            _log_model(_served(network, config.tta, temperature), prepared.splits.val)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
     print(
-        f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}"
+        f"\n{evaluation.split} accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}, "
+        f"log-loss {evaluation.log_loss:.4f}, ECE {evaluation.ece:.4f}"
         f"\nRun {run_id} in {mlflow.get_tracking_uri()}"
     )
     return run_id
@@ -514,13 +521,57 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
     return best
 
 
-def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = "none") -> reports.Evaluation:
+def _served(network: keras.Model, tta: str, temperature: float | None) -> keras.Model:
+    """The network as the run logs and serves it: mirror-averaged with tta "flip", then temperature-scaled."""
+    served = with_flip_averaging(network) if tta == "flip" else network
+    return served if temperature is None else with_temperature(served, temperature)
+
+
+def _fit_temperature(network: keras.Model, prepared: Prepared, config: TrainConfig) -> float:
+    """Fit the temperature on the validation split's (TTA-averaged) predictions and log it.
+
+    Param and metric `calibration.temperature` / `calibration_temperature`, and the
+    validation log-loss and ECE before and after (`calibration_val_*`), which the fit minimised.
+    """
+    val = prepared.splits.val
+    probabilities = _predict(_served(network, config.tta, None), val, prepared.batch_size)
+    temperature = calibration.fit_temperature(val.labels, probabilities)
+    scaled = calibration.apply_temperature(probabilities, temperature)
+    _log_temperature_param(f"{temperature:.6g}")
+    mlflow.log_metrics({
+        "calibration_temperature": temperature,
+        "calibration_val_log_loss_before": calibration.log_loss(val.labels, probabilities),
+        "calibration_val_log_loss_after": calibration.log_loss(val.labels, scaled),
+        "calibration_val_ece_before": calibration.expected_calibration_error(val.labels, probabilities),
+        "calibration_val_ece_after": calibration.expected_calibration_error(val.labels, scaled),
+    })
+    print(f"Calibration: temperature {temperature:.4g}, fitted on {len(val)} validation faces")
+    return temperature
+
+
+def _log_temperature_param(value: str) -> None:
+    try:
+        mlflow.log_param(TEMPERATURE_PARAM, value, synchronous=True)  # so that a conflict raises here
+    except MlflowException as err:
+        # A resumed run refits on its checkpoint's weights, and a param cannot change: the
+        # metric calibration_temperature holds the latest value, this tag the one the model applies.
+        if err.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        mlflow.set_tag(f"fer.{TEMPERATURE_PARAM}_refitted", value)
+
+
+def _evaluate(
+    network: keras.Model, splits: Splits, batch_size: int, tta: str = "none", temperature: float | None = None
+) -> reports.Evaluation:
     """Evaluate on the test split (validation where there is none) and log it.
 
     With tta "flip" the logged figures are those of the mean of each face's and
     its mirror's probabilities (what `with_flip_averaging` serves), and the
     plain network's accuracy and macro-F1 go beside them as `eval_no_tta_*`:
-    two forward passes in all.
+    two forward passes in all. With a `temperature` they are those of the
+    scaled probabilities (what `with_temperature` serves; accuracy and F1 do
+    not change), and the unscaled log-loss and ECE go beside them as
+    `eval_uncalibrated_*`. The reliability diagram draws both.
     """
     # predict, not evaluate: evaluate would fire autologging's validation hooks
     # and record test numbers under validation names.
@@ -533,8 +584,16 @@ def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = 
                             f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
         mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
         probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
+    curves = {}
+    if temperature is not None:
+        uncalibrated = calibration.reliability(split.labels, probabilities)
+        mlflow.log_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
+                            f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece})
+        curves["before temperature scaling"] = uncalibrated
+        probabilities = calibration.apply_temperature(probabilities, temperature)
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
+    curves["served model" if temperature is None else f"temperature {temperature:.3g}"] = evaluation.reliability
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
     mlflow.log_dict(
         {"split": split_name, "labels": list(EMOTIONS), "counts": evaluation.confusion.tolist()},
@@ -543,6 +602,9 @@ def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = 
     with tempfile.TemporaryDirectory() as tmp:
         title = f"Confusion matrix ({split_name}, row-normalized)"
         path = reports.plot_confusion_matrix(evaluation.confusion, EMOTIONS, Path(tmp) / "confusion_matrix.png", title)
+        mlflow.log_artifact(str(path), artifact_path="plots")
+        title = f"Reliability ({split_name}, {len(evaluation.reliability.counts)} confidence bins)"
+        path = reports.plot_reliability_diagram(curves, Path(tmp) / "reliability_diagram.png", title)
         mlflow.log_artifact(str(path), artifact_path="plots")
     return evaluation
 

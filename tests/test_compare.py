@@ -57,6 +57,30 @@ def test_rows_without_evaluation_leave_test_rows_out():
     assert metrics[3].startswith("Overfitting") and metrics[4:] == ["Epochs trained"]
 
 
+def test_calibration_rows_compare_log_loss_and_ece_lower_is_better_and_show_the_temperature():
+    baseline = summary([0.5], [0.5], [1.0], eval_accuracy=0.5, eval_macro_f1=0.4, eval_log_loss=1.25, eval_ece=0.08)
+    final = summary([0.6], [0.6], [0.9], eval_accuracy=0.6, eval_macro_f1=0.5, eval_log_loss=1.05, eval_ece=0.11,
+                    temperature=1.4321)
+    rows = {r.metric: r for r in comparison_rows(baseline, final)}
+    loss, ece = rows["Test log-loss"], rows["Test expected calibration error (15 bins)"]
+    assert (loss.baseline, loss.final, loss.improvement) == ("1.2500", "1.0500", "-0.2000 (better)")
+    assert (ece.baseline, ece.final, ece.improvement) == ("0.0800", "0.1100", "+0.0300 (worse)")
+    temperature = rows["Calibration temperature (fitted on validation)"]
+    assert (temperature.baseline, temperature.final) == ("none", "1.432")
+    metrics = list(rows)
+    assert metrics.index("Test macro-F1") + 1 == metrics.index("Test log-loss")  # beside the other test figures
+
+
+def test_calibration_rows_say_n_a_for_a_run_from_before_they_were_logged():
+    old = summary([0.5], [0.5], [1.0], eval_accuracy=0.5, eval_macro_f1=0.4)
+    new = summary([0.6], [0.6], [0.9], eval_accuracy=0.6, eval_macro_f1=0.5, eval_log_loss=1.05, eval_ece=0.11)
+    rows = {r.metric: r for r in comparison_rows(old, new)}
+    loss = rows["Test log-loss"]
+    assert (loss.baseline, loss.final, loss.improvement) == ("n/a", "1.0500", "n/a")
+    assert "Calibration temperature (fitted on validation)" not in rows  # neither run fitted one
+    assert not any("log-loss" in r.metric or "calibration" in r.metric for r in comparison_rows(old, old))
+
+
 @pytest.mark.parametrize(
     "value, bands, label",
     [
@@ -112,6 +136,8 @@ def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, t
         assert table["Overfitting risk"][column].startswith(f"{gap * 100:+.1f} pts")
         assert table["Test accuracy"][column] == f"{runs[phase].data.metrics['eval_accuracy']:.4f}"
         assert table["Test macro-F1"][column] == f"{runs[phase].data.metrics['eval_macro_f1']:.4f}"
+        assert table["Test log-loss"][column] == f"{runs[phase].data.metrics['eval_log_loss']:.4f}"
+        assert table["Test expected calibration error"][column] == f"{runs[phase].data.metrics['eval_ece']:.4f}"
 
         for name in ("neutral", "happiness", "surprise"):  # classes the synthetic test split holds
             assert table[f"Test recall: {name}"][column] == f"{runs[phase].data.metrics[f'eval_recall_{name}']:.4f}"

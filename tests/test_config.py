@@ -16,6 +16,7 @@ def test_phase_files_hold_the_documented_settings():
         assert config.reduce_lr.monitor == "val_loss" and config.reduce_lr.factor == 0.2
         assert config.early_stopping.enabled
         assert config.label_mode == "majority"
+        assert config.calibration == "none"  # measured always; a temperature only when asked for
 
 
 def test_string_overrides_from_mlflow_run_are_typed_and_applied():
@@ -40,6 +41,7 @@ def test_params_are_flat_for_mlflow():
         ({"epochs": "two"}, r"epochs must be a whole number \(e.g. 3\); got 'two' \(from overrides\)"),
         ({"model": "resnet"}, "model must be one of baseline, final; got 'resnet'"),
         ({"label_mode": "soft"}, "label_mode must be one of majority, probability; got 'soft'"),
+        ({"calibration": "platt"}, "calibration must be one of none, temperature; got 'platt'"),
         ({"learning_rate": "0"}, "learning_rate must be positive"),
         ({"colour": "red"}, r"unknown setting\(s\) \['colour'\]"),
     ],

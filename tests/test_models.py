@@ -85,3 +85,32 @@ def test_flip_averaging_predicts_the_mean_of_the_face_and_its_mirror_and_survive
     tta.save(tmp_path / "tta.keras")
     loaded = load_network(str(tmp_path / "tta.keras"))
     np.testing.assert_allclose(loaded.predict_on_batch(faces), (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_temperature_scaling_serves_the_scaled_probabilities_of_a_flip_network_and_survives_saving(tmp_path):
+    from fer.calibration import apply_temperature
+    from fer.models import with_flip_averaging, with_temperature
+    from fer.serving import load_network
+
+    keras.utils.set_random_seed(0)
+    network = with_flip_averaging(build_model("baseline"))
+    faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
+    plain = network.predict_on_batch(faces)
+    expected = apply_temperature(plain, 2.5)
+    assert np.abs(expected - plain).max() > 1e-3  # the test means something: scaling moves the probabilities
+    calibrated = with_temperature(network, 2.5)
+    np.testing.assert_allclose(calibrated.predict_on_batch(faces), expected, atol=1e-6)
+    np.testing.assert_array_equal(calibrated.predict_on_batch(faces).argmax(axis=1), plain.argmax(axis=1))
+    assert calibrated.count_params() == network.count_params()  # no weights of its own
+
+    calibrated.save(tmp_path / "calibrated.keras")
+    loaded = load_network(str(tmp_path / "calibrated.keras"))
+    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-6)
+    assert loaded.get_layer("temperature").temperature == 2.5
+
+
+def test_a_temperature_layer_refuses_a_temperature_that_is_not_above_zero():
+    from fer.models import TemperatureScaling
+
+    with pytest.raises(ValueError, match="temperature must be a finite number above 0; got 0.0"):
+        TemperatureScaling(0)

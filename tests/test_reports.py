@@ -18,6 +18,7 @@ from fer.reports import (
     evaluate_predictions,
     plot_confusion_matrix,
     plot_history,
+    plot_reliability_diagram,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -238,6 +239,8 @@ def test_metrics_leave_out_zero_support_class(evaluation):
     assert set(metrics) == {
         "test_accuracy",
         "test_macro_f1",
+        "test_log_loss",
+        "test_ece",
         "test_precision_a",
         "test_recall_a",
         "test_f1_a",
@@ -264,8 +267,21 @@ def test_evaluate_predictions_all_classes_present_uses_plain_macro_f1():
     ev = evaluate_predictions(y_true, _probabilities(y_pred), NAMES, "val")
     # f1: a 1, b 2/3, c 2/3
     assert ev.macro_f1 == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
-    assert len(ev.metrics("val")) == 2 + 3 * 3
+    assert len(ev.metrics("val")) == 4 + 3 * 3
     assert "No samples" not in ev.report_text
+
+
+def test_evaluation_scores_the_probabilities_log_loss_and_ece_as_fer_calibration_does(evaluation):
+    from fer.calibration import expected_calibration_error, log_loss
+
+    probabilities = _probabilities(Y_PRED)
+    metrics = evaluation.metrics("test")
+    assert metrics["test_log_loss"] == pytest.approx(-np.mean(np.log(probabilities[np.arange(5), Y_TRUE])))
+    assert metrics["test_log_loss"] == pytest.approx(log_loss(Y_TRUE, probabilities))
+    assert metrics["test_ece"] == pytest.approx(expected_calibration_error(Y_TRUE, probabilities))
+    assert len(evaluation.reliability.counts) == 15 and evaluation.reliability.total == 5
+    assert f"log-loss {metrics['test_log_loss']:.4f}, expected calibration error {metrics['test_ece']:.4f}" in (
+        evaluation.report_text)
 
 
 def test_evaluate_predictions_accepts_one_hot_targets(evaluation):
@@ -335,6 +351,52 @@ def test_plot_confusion_matrix_checks_shape(tmp_path):
         plot_confusion_matrix(np.zeros((3, 2)), NAMES, tmp_path / "x.png")
     with pytest.raises(ValueError, match="class names"):
         plot_confusion_matrix(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png")
+
+
+# --------------------------------------------------------------- plot_reliability_diagram
+
+
+def test_reliability_diagram_draws_each_curves_filled_bins_shares_and_ece(tmp_path, monkeypatch):
+    import fer.reports
+    from fer.calibration import apply_temperature, reliability
+
+    drawn = []
+
+    class RecordingFigure(fer.reports.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            drawn.append(self)
+
+    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.2, 0.7, 0.1],
+                              [0.25, 0.25, 0.5], [0.05, 0.88, 0.07], [0.1, 0.03, 0.87]])
+    before, after = reliability(labels, probabilities), reliability(labels, apply_temperature(probabilities, 2.0))
+    path = plot_reliability_diagram({"before": before, "after": after}, tmp_path / "r.png", title="test")
+    assert path == tmp_path / "r.png"
+    _assert_png(path)
+
+    top, bottom = drawn[0].axes
+    lines = {line.get_label(): line for line in top.lines}
+    assert set(lines) == {"perfect calibration", f"before (ECE {before.ece:.4f})", f"after (ECE {after.ece:.4f})"}
+    # One point per non-empty bin, at (mean confidence, accuracy): bins 7, 9, 10 and 13 before scaling.
+    curve = lines[f"before (ECE {before.ece:.4f})"]
+    np.testing.assert_allclose(curve.get_xdata(), [0.5, 0.62, 0.7, (0.9 + 0.88 + 0.87) / 3])
+    np.testing.assert_allclose(curve.get_ydata(), [0, 0, 1, 2 / 3])
+    heights = [bar.get_height() for bar in bottom.patches]
+    assert len(heights) == 2 * 15  # the two curves' bars side by side in every bin
+    np.testing.assert_allclose(heights[:15], before.counts / 6)
+    assert sum(heights[15:]) == pytest.approx(1.0)
+
+
+def test_reliability_diagram_refuses_no_curves_and_curves_binned_differently(tmp_path):
+    from fer.calibration import reliability
+
+    with pytest.raises(ValueError, match="at least one"):
+        plot_reliability_diagram({}, tmp_path / "r.png")
+    five, fifteen = reliability([0], [[0.7, 0.3]], n_bins=5), reliability([0], [[0.7, 0.3]])
+    with pytest.raises(ValueError, match="'b' differ from those of the first"):
+        plot_reliability_diagram({"a": fifteen, "b": five}, tmp_path / "r.png")
 
 
 # ---------------------------------------------------------------------------- module rules

@@ -93,7 +93,7 @@ def test_run_holds_history_reports_and_evaluation(store, phase, tmp_path):
         assert len(history[key]) == EPOCHS
         logged = [m.value for m in client.get_metric_history(run.info.run_id, key)]
         np.testing.assert_allclose(history[key], logged, rtol=1e-6)
-    for png in ("plots/history.png", "plots/confusion_matrix.png"):
+    for png in ("plots/history.png", "plots/confusion_matrix.png", "plots/reliability_diagram.png"):
         with Image.open(local / png) as image:
             assert image.format == "PNG" and image.width > 400
     best = (local / "best_performance.txt").read_text()
@@ -108,6 +108,9 @@ def test_run_holds_history_reports_and_evaluation(store, phase, tmp_path):
     assert_evaluation_matches_the_confusion_matrix(client, run, tmp_path / "evaluation")
     assert "eval_recall_sadness" in metrics
     assert run.data.tags["fer.eval_split"] == "test"
+    # Calibration is measured on every run, and only measured unless `calibration: temperature`.
+    assert metrics["eval_log_loss"] > 0 and 0 <= metrics["eval_ece"] <= 1
+    assert "calibration_temperature" not in metrics and "calibration.temperature" not in run.data.params
 
 
 def test_datasets_are_logged_with_digests_and_contexts(store):
@@ -192,6 +195,63 @@ def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mi
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     faces = make_faces(4, seed=3)[0][..., np.newaxis].astype(np.float32)
     np.testing.assert_allclose(model.predict(faces), model.predict(faces[:, :, ::-1]), atol=1e-5)
+
+
+def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_model(in_process, tmp_path):
+    """calibration=temperature: T fitted on validation (param and metric), eval_* are the scaled probabilities'
+    (unscaled beside them), the reliability diagram is logged, and the served model returns the scaled ones."""
+    from fer import data as fer_data
+    from fer.calibration import apply_temperature, expected_calibration_error, fit_temperature, log_loss
+
+    run_id = train_phase1({"data": "synthetic:96", "epochs": 2, "calibration": "temperature"}, "calibration")
+    run = in_process.get_run(run_id)
+    metrics, params = run.data.metrics, run.data.params
+    temperature = metrics["calibration_temperature"]
+    assert params["config.calibration"] == "temperature"
+    assert float(params["calibration.temperature"]) == pytest.approx(temperature, rel=1e-5)
+    assert metrics["calibration_val_log_loss_after"] <= metrics["calibration_val_log_loss_before"]
+    local = Path(in_process.download_artifacts(run_id, "plots/reliability_diagram.png", str(tmp_path)))
+    with Image.open(local) as image:
+        assert image.format == "PNG" and image.width > 400
+
+    # The logged model: the network (in it, untouched) followed by the fitted temperature.
+    from fer.serving import load_network
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
+    served = load_network(str(next(model_dir.rglob("*.keras"))))
+    assert served.get_layer("temperature").temperature == pytest.approx(temperature)
+    network = next(layer for layer in served.layers if isinstance(layer, keras.Model))
+    splits = fer_data.load("synthetic:96", seed=42)
+    val, test = splits.val, splits.test
+
+    def faces(split):
+        return split.images[..., np.newaxis].astype(np.float32)
+
+    # The temperature is the one that fits the network's validation predictions best.
+    assert temperature == pytest.approx(fit_temperature(val.labels, network.predict(faces(val), verbose=0)), rel=1e-3)
+    raw = network.predict(faces(test), verbose=0)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    served_probabilities = pyfunc.predict(faces(test))
+    np.testing.assert_allclose(served_probabilities, apply_temperature(raw, temperature), atol=1e-5)
+    # eval_* score what is served; eval_uncalibrated_* the network's own probabilities.
+    assert run.data.tags["fer.eval_split"] == "test"
+    assert metrics["eval_log_loss"] == pytest.approx(log_loss(test.labels, served_probabilities), abs=1e-4)
+    assert metrics["eval_ece"] == pytest.approx(expected_calibration_error(test.labels, served_probabilities), abs=1e-4)
+    assert metrics["eval_uncalibrated_log_loss"] == pytest.approx(log_loss(test.labels, raw), abs=1e-4)
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(raw.argmax(axis=1) == test.labels), abs=1e-9)
+
+
+def test_a_refitted_temperature_on_resume_goes_to_a_tag_since_a_param_cannot_change(in_process):
+    from fer.train import TEMPERATURE_PARAM, _log_temperature_param
+
+    mlflow.set_experiment("refit")
+    with mlflow.start_run() as run:
+        _log_temperature_param("1.5")
+        _log_temperature_param("1.5")  # the same value again: nothing to say
+        _log_temperature_param("2.25")  # a resumed sitting refitted on other weights
+    data = in_process.get_run(run.info.run_id).data
+    assert data.params[TEMPERATURE_PARAM] == "1.5"
+    assert data.tags[f"fer.{TEMPERATURE_PARAM}_refitted"] == "2.25"
 
 
 def test_time_limit_ends_a_finished_run_early_under_xla_and_mixed_precision(in_process, tmp_path):
