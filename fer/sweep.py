@@ -706,6 +706,10 @@ def _log_summary(client: MlflowClient, parent_id: str, study: optuna.Study, spec
     """End of a sitting: the best trial, the trials table, the figures and a note on the parent."""
     # The metrics went to the parent after each trial; tags and best_trial.json are refreshed.
     result = dataclasses.replace(_log_best(client, parent_id, study, spec, log_metrics=False), storage=storage)
+    # A trial interrupted by Ctrl-C never reached the after-trial record: Optuna has it FAIL, so does its run.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if run_id := trial.user_attrs.get(RUN_ID_ATTR) or _trial_run(client, parent_id, trial.number):
+            client.set_tag(run_id, TAG_TRIAL_STATE, "FAIL")
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if len(trials):
         client.log_text(parent_id, trials.to_csv(index=False), "trials.csv")
