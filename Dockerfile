@@ -16,7 +16,7 @@ WORKDIR /opt/fer
 COPY pyproject.toml README.md MLproject conda.yaml ./
 COPY experiments ./experiments
 COPY fer ./fer
-RUN pip install -e . \
+RUN pip install -e ".[sweep]" \
     && useradd --create-home --uid 1000 fer \
     && mkdir -p "$FER_CACHE_DIR" && chown fer "$FER_CACHE_DIR"
 USER fer

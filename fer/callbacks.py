@@ -4,6 +4,7 @@
 - `PeakMemory`: the training process's peak resident memory, as `peak_rss_mb`.
 - `TimeLimit`: stop after the last epoch that fits in a time budget.
 - `SkipAutologValidationEcho`: one value per epoch in every autologged metric.
+- `ReportEachEpoch`: hands an epoch's metric to someone who may stop the run (a sweep's pruner).
 
 The first two put their value into the epoch's logs, so Keras's History, the
 run's `history.json` and MLflow autologging all record it like any metric.
@@ -100,6 +101,48 @@ class TimeLimit(keras.callbacks.Callback):
                 f"\nEpoch {epoch + 1}: stopping, time limit: {elapsed / 60:.1f} of {self.seconds / 60:g} minutes "
                 f"used, and the next epoch would take about {next_epoch / 60:.1f} more."
             )
+
+
+class ReportEachEpoch(keras.callbacks.Callback):
+    """Hands `monitor`'s value to `report(epoch, value)` after every epoch; stops the run when told to.
+
+    `report` gets the 1-based epoch and the value, and returns None to go on or
+    an exception to stop the run with (a sweep's pruned trial: an exception that
+    is both `fer.tracking.RunStopped` and Optuna's TrialPruned). The exception is
+    raised when the next epoch begins, so the loggers that run after this
+    callback (the checkpoint, MLflow) have recorded the epoch that decided it.
+    After the last epoch nothing is raised: that run is complete.
+
+    Args:
+        monitor: a key of the epoch's logs, e.g. "val_accuracy".
+        report: the function to call after every epoch.
+
+    Example:
+        def report(epoch, value):
+            return RuntimeError("too slow") if epoch >= 3 and value < 0.3 else None
+        model.fit(ds, validation_data=val, epochs=20, callbacks=[ReportEachEpoch("val_accuracy", report)])
+    """
+
+    def __init__(self, monitor: str, report):
+        super().__init__()
+        if not callable(report):
+            raise TypeError(f"report must be a function of (epoch, value); got {report!r}")
+        self.monitor = monitor
+        self.report = report
+        self.stop_with: BaseException | None = None
+
+    def on_train_begin(self, logs=None):
+        self.stop_with = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.stop_with is not None:
+            raise self.stop_with
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or self.monitor not in logs:
+            raise KeyError(f"ReportEachEpoch: the epoch's logs have no {self.monitor!r} "
+                           f"(they have {sorted(logs or {})}); fit needs validation data for val_* metrics")
+        self.stop_with = self.report(epoch + 1, float(logs[self.monitor]))
 
 
 class SkipAutologValidationEcho(keras.callbacks.Callback):

@@ -20,6 +20,11 @@ def _blank_is_none(ctx, param, value):
     return None if value in ("", None) else value
 
 
+def _unset_is_none(ctx, param, value):
+    """"none" / "" mean: not given, take the sweep file's (MLproject's defaults for optional values)."""
+    return None if value in ("", "none", None) else value
+
+
 def _latest_is_none(ctx, param, value):
     """"latest" / "best" / "none" / "" mean: no run given, let the command decide."""
     return None if value in ("", "latest", "best", "none", None) else value
@@ -79,6 +84,63 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
         run_training(config, experiment=experiment, use_cache=not no_cache, resume=resume)
     except (DataError, ResumeError, TrackingServerError) as err:
         raise click.ClickException(str(err)) from None
+
+
+@main.command()
+@click.argument("sweep_file", required=False, default="sweep", metavar="[SWEEP_FILE]")
+@click.option("--name", callback=_unset_is_none,
+              help="The sweep's name (default: the file's): its Optuna study and its parent run. The same name "
+                   "again continues the sweep.")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Trials in all, over every sitting (complete or pruned ones count; default: the file's).")
+@click.option("--max-minutes", "max_minutes", type=click.FloatRange(min=0), default=None,
+              help="This sitting's time budget: no trial starts after it, the last is cut to fit (0: no limit; "
+                   "default: the file's).")
+@click.option("--data", callback=_unset_is_none, help="Every trial's data (default: the file's or the phase's).")
+@click.option("--epochs", callback=_unset_is_none, help="Every trial's number of epochs (default: the file's).")
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting every trial shares."
+)
+@click.option("--storage", callback=_unset_is_none, metavar="URL",
+              help="Optuna storage (default: optuna.db beside a SQLite tracking store, else in the working folder).")
+@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
+@click.option("--no-cache", is_flag=True, help="Decode the data again even if a cached copy exists.")
+def sweep(sweep_file, name, trials, max_minutes, data, epochs, settings, storage, experiment, no_cache):
+    """Search hyperparameters: a parent run with one nested training run per trial (Optuna TPE, pruning).
+
+    SWEEP_FILE is a YAML file or a name in experiments/ (default: experiments/sweep.yaml).
+    """
+    try:
+        from fer import sweep as sweeps  # Optuna is an optional extra
+    except ModuleNotFoundError as err:
+        if err.name != "optuna":
+            raise
+        raise click.ClickException(str(err)) from None
+    overrides = {key: value for key, value in (("data", data), ("epochs", epochs)) if value is not None}
+    overrides.update(_settings(settings))
+    try:
+        spec = sweeps.load_sweep(sweep_file, overrides, name=name, trials=trials, max_minutes=max_minutes)
+        if "data" in spec.settings:
+            describe_source(spec.settings["data"])  # a data path that is not there fails here, in a second
+    except (ConfigError, DataError) as err:
+        raise click.UsageError(str(err)) from None
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        sweeps.run_sweep(spec, experiment=experiment, storage=storage, use_cache=not no_cache)
+    except (DataError, sweeps.SweepError, TrackingServerError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _settings(settings: tuple[str, ...]) -> dict[str, str]:
+    """--set KEY=VALUE pairs as a dict; a pair without '=' is a usage error."""
+    parsed = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {setting[:80]!r}", param_hint="--set")
+        parsed[key.strip()] = value.strip()
+    return parsed
 
 
 def _raise_keyboard_interrupt(signum, frame):

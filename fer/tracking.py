@@ -22,7 +22,23 @@ TAG_MODEL = "fer.model"
 TAG_DATA_SOURCE = "fer.data_source"
 TAG_LABEL_MODE = "fer.label_mode"
 TAG_EVAL_SPLIT = "fer.eval_split"
-TAG_STOPPED_BY = "fer.stopped_by"  # time_limit | early_stopping | epochs
+TAG_STOPPED_BY = "fer.stopped_by"  # time_limit | early_stopping | epochs | pruned
+
+
+class RunStopped(Exception):
+    """Raised from a training callback to end a run early on purpose, not as a failure.
+
+    The run ends KILLED with its history so far, tagged `fer.stopped_by` with the
+    class's `reason`, and keeps no checkpoint: there is nothing to resume. A sweep's
+    pruned trial is one (`fer.sweep.TrialPruned`, also Optuna's TrialPruned).
+
+    Example:
+        class Pruned(RunStopped):
+            reason = "pruned"
+        raise Pruned("trial 3: val_accuracy 0.21 after epoch 2, below the median")
+    """
+
+    reason = "stopped"
 
 
 def default_tracking_uri() -> str:

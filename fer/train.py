@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ from fer.tracking import (
     TAG_MODEL,
     TAG_PHASE,
     TAG_STOPPED_BY,
+    RunStopped,
     configure_tracking,
 )
 
@@ -87,6 +89,9 @@ def train(
     use_cache: bool = True,
     resume: str | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str | None:
     """Train `config` as one MLflow run and return its run id.
 
@@ -96,7 +101,11 @@ def train(
         use_cache: read and write the decoded-image cache (`fer.data.cache`).
         resume: the id of a run that was killed or failed; it continues from its
             last finished epoch, with its own configuration, in the same MLflow run.
-        callbacks: extra Keras callbacks, run before the project's own (benchmarks time epochs this way).
+        callbacks: extra Keras callbacks, run before the project's own (benchmarks time epochs this way;
+            a sweep reports each epoch to its trial this way).
+        parent_run_id: nest the new run under this one (a sweep's trials under the sweep's run).
+        run_name: the new run's name (default: phase, model and start time).
+        tags: extra tags of the new run, set when it is created.
 
     A non-chief worker of a multi-worker cluster logs nothing and returns None.
 
@@ -122,8 +131,9 @@ def train(
     # autologging's model has no input example, and its dataset logging would
     # iterate the augmented tf.data pipeline instead of the source arrays.
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
-    run_name = None if resume else _run_name(config)
-    with mlflow.start_run(run_id=resume, run_name=run_name) as run:
+    run_name = None if resume else (run_name or _run_name(config))
+    nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id and not resume else {}
+    with mlflow.start_run(run_id=resume, run_name=run_name, tags=None if resume else tags, **nested) as run:
         run_id = run.info.run_id
         if resume:
             _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
@@ -347,9 +357,19 @@ def _note_resume(client: MlflowClient, run_id: str, max_minutes: float, first_ep
 
 
 def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, directory: Path, run_id: str) -> None:
-    """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint."""
+    """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint.
+
+    A run stopped on purpose (`RunStopped`: a pruned sweep trial) ends KILLED with
+    its history and the reason in `fer.stopped_by`, and drops its checkpoint.
+    """
     if history.get("val_loss"):
         _log_history(history, config)
+    if isinstance(err, RunStopped):
+        mlflow.set_tag(TAG_STOPPED_BY, err.reason)
+        mlflow.end_run("KILLED")
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"\nRun {run_id} stopped after {len(history.get('loss', []))} epochs: {err}", file=sys.stderr)
+        return
     upload_checkpoint(directory)  # so that the run can be resumed on another machine too
     status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
     mlflow.end_run(status)

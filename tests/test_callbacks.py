@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fer.callbacks import PeakMemory, TimeLimit, peak_rss_mb
+from fer.callbacks import PeakMemory, ReportEachEpoch, TimeLimit, peak_rss_mb
 
 
 def _tiny_fit(callbacks, epochs):
@@ -52,3 +52,39 @@ def test_peak_memory_is_recorded_every_epoch_and_is_at_least_the_current_memory(
         current_mb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
     assert peaks[-1] >= current_mb * 0.99 > 0
     assert peak_rss_mb() >= peaks[-1]
+
+
+class EpochsSeen(keras.callbacks.Callback):
+    """The 0-based epochs whose end reached this callback (one that runs after the reporter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended.append(epoch)
+
+
+def test_report_each_epoch_stops_with_the_reported_error_once_the_deciding_epoch_is_recorded():
+    reports = []
+
+    def report(epoch, value):
+        reports.append((epoch, value))
+        return RuntimeError(f"stop after epoch {epoch}") if epoch == 2 else None
+
+    seen = EpochsSeen()
+    with pytest.raises(RuntimeError, match="stop after epoch 2"):
+        _tiny_fit([ReportEachEpoch("loss", report), seen], epochs=5)
+    assert [epoch for epoch, _ in reports] == [1, 2]  # 1-based, and nothing after the decision
+    assert seen.ended == [0, 1]  # the later callback recorded the deciding epoch before the run stopped
+    assert reports[1][1] < reports[0][1]  # the values are the epochs' losses (SGD lowers them)
+
+
+def test_report_each_epoch_lets_a_run_whose_last_epoch_decided_to_stop_complete():
+    history = _tiny_fit([ReportEachEpoch("loss", lambda epoch, value: RuntimeError("late"))], epochs=1)
+    assert len(history.history["loss"]) == 1
+
+
+def test_report_each_epoch_names_a_metric_the_logs_do_not_have():
+    with pytest.raises(KeyError, match="no 'val_accuracy'.*fit needs validation data"):
+        _tiny_fit([ReportEachEpoch("val_accuracy", lambda epoch, value: None)], epochs=1)

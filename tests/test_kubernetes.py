@@ -67,7 +67,7 @@ def _commands(entry_point: str, parameters: dict, tmp_path) -> tuple[str, str]:
             get_entry_point_command(root, entry_point, parameters, str(tmp_path))[0])
 
 
-@pytest.mark.parametrize("entry_point", ["phase1", "phase2", "compare", "promote"])
+@pytest.mark.parametrize("entry_point", ["phase1", "phase2", "sweep", "compare", "promote"])
 def test_mlflow_fills_the_template_into_a_job_that_runs_the_entry_point(entry_point, tmp_path):
     pytest.importorskip("kubernetes", reason="MLflow's Kubernetes backend needs `pip install mlflow[kubernetes]`")
     from mlflow.projects import kubernetes as backend
@@ -99,6 +99,8 @@ def test_mlflow_fills_the_template_into_a_job_that_runs_the_entry_point(entry_po
     context = subcommand.make_context(argv[3], argv[4:])
     if entry_point.startswith("phase"):
         assert context.params["epochs"] == "5" and context.params["data"] == "/data/ferplus"
+    if entry_point == "sweep":  # the "none" defaults mean "the sweep file's"
+        assert (context.params["trials"], context.params["name"], context.params["data"]) == (20, None, None)
 
 
 def test_mlflows_documented_env_line_would_make_an_invalid_job():
@@ -156,7 +158,9 @@ def test_the_image_installs_the_project_and_runs_its_entry_point_command(tmp_pat
     assert all((ROOT / source).exists() for source in copied)
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert not copied & ignored
-    assert any(instruction == "RUN" and "pip install -e ." in arguments for instruction, arguments in instructions)
+    # The project itself, with the extras its entry points need (sweep: Optuna).
+    assert any(instruction == "RUN" and 'pip install -e ".[sweep]"' in arguments
+               for instruction, arguments in instructions)
 
     # The image's own command is the start of the phase-2 entry point's command line.
     cmd = json.loads(next(arguments for instruction, arguments in instructions if instruction == "CMD"))

@@ -32,7 +32,7 @@ def test_distribution_name_does_not_collide_with_pypi_fer_but_imports_as_fer():
 def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
     mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
     assert mlproject["conda_env"] == "conda.yaml"
-    assert set(mlproject["entry_points"]) == {"phase1", "phase2", "compare", "promote"}
+    assert set(mlproject["entry_points"]) == {"phase1", "phase2", "sweep", "compare", "promote"}
     for name in ("phase1", "phase2"):
         params = mlproject["entry_points"][name]["parameters"]
         assert {"data", "epochs", "batch_size", "seed"} <= set(params)
@@ -48,3 +48,18 @@ def test_mlproject_defaults_agree_with_the_experiment_files():
             if name == "resume":  # not a setting: the run to continue
                 continue
             assert str(spec["default"]).lower() == str(config[name]).lower(), (phase, name)
+
+
+def test_sweep_entry_point_defaults_agree_with_the_sweep_file():
+    """Its budget defaults are the file's; data, epochs, name and storage default to "none" (the file's, optuna.db)."""
+    params = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["sweep"]["parameters"]
+    sweep = yaml.safe_load((ROOT / "experiments" / "sweep.yaml").read_text())
+    assert params["sweep_file"]["default"] == "sweep"
+    assert (params["trials"]["default"], params["max_minutes"]["default"]) == (sweep["trials"], sweep["max_minutes"])
+    assert all(params[name]["default"] == "none" for name in ("name", "data", "epochs", "storage"))
+
+
+def test_the_test_extra_brings_the_sweep_extra_and_optuna():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(_normalise(r).startswith("optuna") for r in extras["sweep"])
+    assert "fer-mlflow[sweep]" in extras["test"]
