@@ -270,8 +270,9 @@ def model_card(run: Run) -> str:
         "Facial expression model: 48x48 grayscale faces in, the 8 FER+ emotions out; "
         "photos are served with faces found by OpenCV's Haar cascade.",
         "",
-        f"- Training run: `{run.info.run_id}` ({run.info.run_name}), {tags.get(TAG_PHASE, '?')}, "
-        f"model `{tags.get(TAG_MODEL, '?')}`, finished {when:%Y-%m-%d %H:%M} UTC",
+        f"- Training run: `{run.info.run_id}` ({run.info.run_name}), {tags.get(TAG_PHASE, 'phase not recorded')}, "
+        + (f"model `{tags[TAG_MODEL]}`, " if TAG_MODEL in tags else "")
+        + f"finished {when:%Y-%m-%d %H:%M} UTC",
         f"- Data: {data}" + (f", {int(train_size):,} training faces" if train_size else "")
         + (f", {tags[TAG_LABEL_MODE]} labels" if TAG_LABEL_MODE in tags else ""),
     ]
@@ -295,7 +296,9 @@ def _limits(tags: dict, metrics: dict, split: str) -> list[str]:
     limits.append("48x48 frontal faces, centred and upright like the training data")
     contempt = metrics.get("eval_recall_contempt")
     if contempt is None:
-        limits.append("contempt rare: not measured (no contempt faces in the evaluation split)")
+        measured = "eval_accuracy" in metrics
+        limits.append("contempt rare: " + ("not measured (no contempt faces in the evaluation split)" if measured
+                                           else "the model was not evaluated"))
     elif contempt < 0.5:
         limits.append(f"contempt rare: recall {contempt:.2f}")
     return limits

@@ -98,6 +98,25 @@ def test_default_choice_is_the_best_finished_phase2_run(store, network):
     assert decision.source_run_id == best
 
 
+def test_model_card_names_data_split_figures_date_and_limits():  # pure: in the fast lane
+    from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
+
+    from fer.registry import model_card
+
+    info = RunInfo(run_id="abc", experiment_id="1", user_id="u", status="FINISHED", start_time=1_700_000_000_000,
+                   end_time=1_700_000_600_000, lifecycle_stage="active", run_name="phase2-final")
+    tags = {"fer.phase": "phase2", "fer.model": "final", "fer.eval_split": "test", "fer.data_source": "ferplus",
+            "fer.label_mode": "majority"}
+    metrics = {"eval_accuracy": 0.7812, "eval_macro_f1": 0.5651, "eval_recall_contempt": 0.0}
+    card = model_card(Run(info, RunData(metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                                        tags=[RunTag(k, v) for k, v in tags.items()])))
+    assert "`abc` (phase2-final), phase2, model `final`, finished 2023-11-14 22:23 UTC" in card
+    assert "- Data: ferplus, majority labels" in card
+    assert "On the test split: accuracy 0.7812, macro-F1 0.5651" in card
+    assert "validation figures" not in card and "synthetic" not in card  # a test split, real data
+    assert "48x48 frontal faces" in card and "contempt rare: recall 0.00" in card
+
+
 def test_nothing_to_promote_says_what_to_run(store):
     with pytest.raises(PromotionError, match="mlflow run . -e phase2"):
         promote(model_name=NAME)
