@@ -4,7 +4,7 @@
     python benchmarks/serving_load.py --detection [--rounds 3]
 
 Load mode (default). The model is the one given (`--model-uri`, a photo model:
-models:/fer-emotion@champion, runs:/<id>/model of a promote run, a folder), or
+models:/fer-emotion@champion, runs:/<training run id>/photo_model, a folder), or
 else a freshly built, untrained baseline network logged with
 `fer.photo_service.log_service_model` into a temporary SQLite store (removed at
 the end): untrained weights run the same operations at the same speed. It is

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
-
-import click
+import click  # importing fer (above any module of it) has already quieted TensorFlow: fer.console
 
 from fer.config import ConfigError, load_config
 from fer.data.loading import describe_source
@@ -31,8 +28,14 @@ def _latest_is_none(ctx, param, value):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's native start-up logging (off by default; also FER_VERBOSE=1).")
+def main(verbose):
     """Train, compare, register and serve facial expression recognition models, tracked in MLflow."""
+    if verbose:
+        from fer.console import allow_native_logging
+
+        allow_native_logging()
 
 
 @main.command()
@@ -168,7 +171,8 @@ def compare(baseline_run, final_run, experiment):
 
 @main.command()
 @click.option("--run-id", callback=_latest_is_none, default="best", show_default=True,
-              help="Training run to register (default: the best finished phase-2 run by --metric).")
+              help="Training run to register: a run id, 'best' (the finished phase-2 run with the highest "
+                   "--metric) or 'latest-compare' (the final run of the latest compare).")
 @click.option("--model-name", default="fer-emotion", show_default=True, help="Registered model name.")
 @click.option("--metric", default="best_val_accuracy", show_default=True, help="Metric the champion gate compares.")
 @click.option("--min-value", type=float, default=0.0, show_default=True, help="The metric must reach at least this.")
@@ -206,8 +210,8 @@ def diagnose(run_id):
 
 @main.command()
 @click.option("--model", "model_uri", required=True, metavar="MODEL_URI",
-              help="The photo model: models:/fer-emotion@champion, runs:/<run id>/model of a promote run, "
-                   "or a local model folder.")
+              help="The photo model: models:/fer-emotion@champion, runs:/<training run id>/photo_model of a "
+                   "promoted run, or a local model folder.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Also write each photo with its faces boxed and labelled to OUT_DIR/<name>.annotated.png.")

@@ -21,11 +21,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from fer.data.splits import EMOTIONS
-from fer.diagnostics import compare_rows, diagnose_logged_run
+from fer.diagnostics import STABILITY_MIN_CHANGES, compare_rows, diagnose_logged_run
 from fer.history import (
     OVERFIT_BANDS,
     STABILITY_BANDS,
@@ -36,7 +37,15 @@ from fer.history import (
     marked_rate_steps,
     read_history,
 )
-from fer.tracking import TAG_EVAL_SPLIT, TAG_PHASE, TAG_STOPPED_BY, configure_tracking, experiment_in_use
+from fer.tracking import (
+    RUN_KIND_COMPARE,
+    TAG_EVAL_SPLIT,
+    TAG_PHASE,
+    TAG_RUN_KIND,
+    TAG_STOPPED_BY,
+    configure_tracking,
+    experiment_in_use,
+)
 
 PHASE_COMMANDS = {
     "phase1": "mlflow run . -e phase1 --env-manager local --experiment-name {experiment}",
@@ -84,10 +93,18 @@ class RunSummary:
         return float(self.history["val_loss"][best_epoch(self.history["val_loss"], higher_is_better=False)])
 
     @property
+    def epochs(self) -> int:
+        return len(self.history["val_accuracy"])
+
+    @property
     def volatility(self) -> float:
-        """Standard deviation of the finite epoch-to-epoch changes in validation accuracy (0 with none)."""
-        std = change_std(self.history["val_accuracy"])
-        return 0.0 if std is None else std
+        """Std of the finite epoch-to-epoch changes in validation accuracy; NaN with too few to measure.
+
+        Too few is under STABILITY_MIN_CHANGES changes, as in the diagnostics: the
+        std of one change is 0, which would read as "stable" when nothing was measured.
+        """
+        std = change_std(self.history["val_accuracy"], STABILITY_MIN_CHANGES)
+        return float("nan") if std is None else std
 
     @property
     def overfit_gap(self) -> float:
@@ -178,13 +195,66 @@ def _change(delta: float, higher_is_better: bool, unit) -> str:
     return f"{unit(delta)} ({'better' if better else 'worse'})"
 
 
+def _band_rank(value: float, bands) -> int:
+    """0 for the first (best) band of `bands`, 1 for the next, ..."""
+    return [label for _, label in bands].index(band(value, bands))
+
+
+def _banded_change(baseline: float, final: float, bands, unit) -> str:
+    """The change of a value read through word bands: better or worse only when the band changes.
+
+    The bands are ordered best first (stable before volatile, no overfitting
+    before high), so the verdict follows them: a gap going from -32 to -16
+    points is still "none" and not worse, however large the raw difference.
+    A value that could not be measured (NaN) gives "n/a", never a verdict.
+
+    >>> _banded_change(0.005, 0.04, STABILITY_BANDS, lambda d: f"{d:+.3f}")
+    '+0.035 (worse)'
+    >>> _banded_change(-0.32, -0.16, OVERFIT_BANDS, _points)
+    '+16.0 pts (same band)'
+    """
+    if np.isnan(baseline) or np.isnan(final):
+        return "n/a"
+    delta = final - baseline
+    if np.isclose(delta, 0.0, atol=1e-12):
+        return "no change"
+    before, after = _band_rank(baseline, bands), _band_rank(final, bands)
+    if before == after:
+        return f"{unit(delta)} (same band)"
+    return f"{unit(delta)} ({'better' if after < before else 'worse'})"
+
+
+def _epoch_text(index: int) -> str:
+    """A 0-based epoch index as the tables show it: MLflow's charts count steps from 0, people epochs from 1."""
+    return f"epoch {index + 1}, step {index}"
+
+
+def _stability_text(summary: RunSummary) -> str:
+    if np.isnan(summary.volatility):
+        if summary.epochs <= STABILITY_MIN_CHANGES:
+            return f"n/a: {summary.epochs} epochs (needs {STABILITY_MIN_CHANGES + 1})"
+        return f"n/a: fewer than {STABILITY_MIN_CHANGES} epoch-to-epoch changes without NaN"
+    return f"{summary.volatility:.4f}, {band(summary.volatility, STABILITY_BANDS)}"
+
+
+def _overfit_text(summary: RunSummary) -> str:
+    if np.isnan(summary.overfit_gap):
+        return f"n/a: no training accuracy at epoch {summary.best_epoch + 1}"
+    return f"{_points(summary.overfit_gap)}, {band(summary.overfit_gap, OVERFIT_BANDS)}"
+
+
 def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
-    """The rows of the baseline-vs-final table, with an Improvement column."""
+    """The rows of the baseline-vs-final table, with an Improvement column.
+
+    A figure that cannot be measured (stability of a run with fewer than 3
+    epochs, say) reads "n/a: <why>" and its Improvement "n/a". The banded rows
+    (stability, overfitting risk) are called better or worse by their bands.
+    """
     rows = [
         Row(
             "Best validation accuracy",
-            f"{baseline.best_val_accuracy:.4f} (epoch {baseline.best_epoch + 1})",
-            f"{final.best_val_accuracy:.4f} (epoch {final.best_epoch + 1})",
+            f"{baseline.best_val_accuracy:.4f} ({_epoch_text(baseline.best_epoch)})",
+            f"{final.best_val_accuracy:.4f} ({_epoch_text(final.best_epoch)})",
             _change(final.best_val_accuracy - baseline.best_val_accuracy, True, _points),
         ),
         Row(
@@ -195,15 +265,15 @@ def comparison_rows(baseline: RunSummary, final: RunSummary) -> list[Row]:
         ),
         Row(
             "Stability (std of epoch-to-epoch val. accuracy change)",
-            f"{baseline.volatility:.4f}, {band(baseline.volatility, STABILITY_BANDS)}",
-            f"{final.volatility:.4f}, {band(final.volatility, STABILITY_BANDS)}",
-            _change(final.volatility - baseline.volatility, False, lambda d: f"{d:+.4f}"),
+            _stability_text(baseline),
+            _stability_text(final),
+            _banded_change(baseline.volatility, final.volatility, STABILITY_BANDS, lambda d: f"{d:+.4f}"),
         ),
         Row(
             "Overfitting risk (train - val. accuracy at best epoch)",
-            f"{_points(baseline.overfit_gap)}, {band(baseline.overfit_gap, OVERFIT_BANDS)}",
-            f"{_points(final.overfit_gap)}, {band(final.overfit_gap, OVERFIT_BANDS)}",
-            _change(final.overfit_gap - baseline.overfit_gap, False, _points),
+            _overfit_text(baseline),
+            _overfit_text(final),
+            _banded_change(baseline.overfit_gap, final.overfit_gap, OVERFIT_BANDS, _points),
         ),
     ]
     split = "Test" if baseline.eval_split == final.eval_split == "test" else "Held-out (val; no test split)"
@@ -263,6 +333,7 @@ def _epochs_text(summary: RunSummary) -> str:
 
 
 HEADER = ("Metric", "Baseline (phase 1)", "Final (phase 2)", "Improvement")
+EPOCHS_AND_STEPS = "Epochs count from 1; MLflow's charts count steps from 0: epoch N is step N-1."
 
 
 def diagnostic_rows(
@@ -280,6 +351,7 @@ def to_markdown(rows: list[Row], baseline: RunSummary, final: RunSummary) -> str
         "",
         f"- Baseline: run `{baseline.run_id}` ({baseline.run_name}), {len(baseline.history['val_accuracy'])} epochs",
         f"- Final: run `{final.run_id}` ({final.run_name}), {len(final.history['val_accuracy'])} epochs",
+        f"- {EPOCHS_AND_STEPS}",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -313,15 +385,16 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Baseline vs final</h1>
 <p>Baseline: run <code>{html.escape(baseline.run_id)}</code> ({html.escape(baseline.run_name)});
-final: run <code>{html.escape(final.run_id)}</code> ({html.escape(final.run_name)}).</p>
+final: run <code>{html.escape(final.run_id)}</code> ({html.escape(final.run_name)}).
+{html.escape(EPOCHS_AND_STEPS)}</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{cells}</table>
 <img alt="validation accuracy and loss of both runs" src="data:image/png;base64,{image}">
 </body></html>
 """
 
 
-def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
-    """Both runs' validation accuracy and loss overlaid, learning-rate steps marked."""
+def compare_history_figure(baseline: RunSummary, final: RunSummary) -> Figure:
+    """Both runs' validation accuracy and loss overlaid by epoch (1-based, whole-epoch ticks), rate steps marked."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for summary, color, label in ((baseline, "tab:blue", "baseline"), (final, "tab:orange", "final")):
@@ -333,14 +406,26 @@ def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
                 ax.axvline(epoch + 1, color=color, linestyle="--", alpha=0.6)
                 ax.annotate(f"lr {new:.0e}", (epoch + 1, 1), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=7, color=color)
+    longest = max(baseline.epochs, final.epochs)
     for ax, title in zip(axes, ("Validation accuracy", "Validation loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        # Whole epochs only: matplotlib's default puts ticks at 1.0, 1.2, ... on a short run.
+        if longest <= 15:
+            ax.set_xticks(range(1, longest + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
+        ax.set_xlim(0.5, longest + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Baseline vs final (dashed: learning-rate steps)")
+    return fig
+
+
+def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
+    """Write `compare_history_figure` as a PNG to `path`; returns it as a Path."""
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    compare_history_figure(baseline, final).savefig(path, dpi=110)
     return path
 
 
@@ -367,6 +452,7 @@ def compare(
         mlflow.set_tags(
             {
                 TAG_PHASE: "compare",
+                TAG_RUN_KIND: RUN_KIND_COMPARE,
                 "fer.baseline_run_id": baseline.run_id,
                 "fer.final_run_id": final.run_id,
                 "mlflow.note.content": (

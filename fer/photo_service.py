@@ -111,7 +111,10 @@ class FaceEmotionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.network = load_network(context.artifacts[KERAS_ARTIFACT])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # pd.DataFrame is the hint MLflow 3 takes as "infer no schema, validate nothing, convert
+    # nothing" (mlflow.types.type_hints.type_hints_no_signature_inference): arrays and dicts still
+    # arrive as they are and are checked below; without a hint MLflow warns on every import.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
             photos = _photo_column(model_input)
             if photos is None:
@@ -334,8 +337,12 @@ def find_keras_file(model_dir: Path) -> Path:
     return found[0]
 
 
-def log_service_model(keras_model_path: str | Path, name: str = "model") -> ModelInfo:
-    """Log the photo-capable `FaceEmotionModel` around a `.keras` file in the active run; returns ModelInfo."""
+def log_service_model(keras_model_path: str | Path, name: str = "model", model_id: str | None = None) -> ModelInfo:
+    """Log the photo-capable `FaceEmotionModel` around a `.keras` file; returns ModelInfo.
+
+    It goes to the active run, or into the logged model `model_id` when given
+    (promotion logs it that way into the training run, `fer.registry`).
+    """
     keras_model_path = Path(keras_model_path)
     if not keras_model_path.is_file():
         raise FileNotFoundError(f"No Keras model file at {keras_model_path}: give the path of a .keras file")
@@ -346,4 +353,5 @@ def log_service_model(keras_model_path: str | Path, name: str = "model") -> Mode
         signature=service_signature(),
         input_example=service_input_example(),
         pip_requirements=_service_requirements(),
+        model_id=model_id,
     )

@@ -7,8 +7,13 @@ run, so both are measured the same way) and clears a minimum. The decision and
 its numbers go into the version's tags and description. Versions are never
 deleted: every promotion stays auditable.
 
-The registered model is the photo-capable service model (`fer.serving`),
-logged by a `promote` run of its own that points at the training run.
+The registered model is the photo-capable service model (`fer.photo_service`),
+logged at promotion into the training run itself (a logged model named
+`photo_model` whose source run is the training run), so a version's source
+run is the training run: its metrics, curves, data set and diagnostics are one
+click from the version's page. The version's description is a short model card
+(`model_card`). A `promote` run records the decision (tags only, no metrics, so
+it never shows in the training charts).
 """
 
 from __future__ import annotations
@@ -16,19 +21,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 
-from fer.tracking import TAG_PHASE, configure_tracking, experiment_in_use
+from fer.tracking import (
+    RUN_KIND_PROMOTE,
+    TAG_DATA_SOURCE,
+    TAG_EVAL_SPLIT,
+    TAG_LABEL_MODE,
+    TAG_MODEL,
+    TAG_PHASE,
+    TAG_RUN_KIND,
+    configure_tracking,
+    experiment_in_use,
+)
 
 DEFAULT_MODEL_NAME = "fer-emotion"
 DEFAULT_METRIC = "best_val_accuracy"
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_SOURCE_RUN = "fer.source_run_id"
+PHOTO_MODEL = "photo_model"  # the served model's name among its training run's logged models
+LATEST_COMPARE = "latest-compare"  # promote's run choice: the final run of the latest compare
 
 
 class PromotionError(LookupError):
@@ -81,13 +99,54 @@ def best_finished_run(client: MlflowClient, experiment: str, metric: str, phase:
     return runs[0]
 
 
+def final_run_of_latest_compare(client: MlflowClient, experiment: str) -> Run:
+    """The final (phase-2) run of the latest finished `compare` run in `experiment`.
+
+    Example:
+        run = final_run_of_latest_compare(MlflowClient(), "fer")  # what `fer compare` just compared
+    """
+    experiment_obj = client.get_experiment_by_name(experiment)
+    compares = []
+    if experiment_obj:
+        compares = client.search_runs(
+            [experiment_obj.experiment_id],
+            filter_string=f"tags.`{TAG_PHASE}` = 'compare' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not compares:
+        raise PromotionError(
+            f"No finished compare run in experiment {experiment!r} at {mlflow.get_tracking_uri()}, so there is "
+            f"no 'latest compare' to promote from. Compare first: "
+            f"mlflow run . -e compare --env-manager local --experiment-name {experiment}"
+        )
+    final_run_id = compares[0].data.tags.get("fer.final_run_id")
+    if not final_run_id:
+        raise PromotionError(f"Compare run {compares[0].info.run_id} has no tag fer.final_run_id; run compare again.")
+    return client.get_run(final_run_id)
+
+
+def resolve_source_run(client: MlflowClient, experiment: str, run_id: str | None, metric: str) -> Run:
+    """The training run to promote: `run_id`, the final run of the latest compare, or the best by `metric`.
+
+    `run_id` is a run id, LATEST_COMPARE ("latest-compare"), or None for the
+    finished phase-2 run with the highest `metric`.
+    """
+    if run_id == LATEST_COMPARE:
+        return final_run_of_latest_compare(client, experiment)
+    if run_id:
+        return client.get_run(run_id)
+    return best_finished_run(client, experiment, metric)
+
+
 def current_champion(client: MlflowClient, model_name: str, metric: str) -> tuple[str | None, float | None]:
-    """(version, metric value from its source run), or (None, None) when there is no champion."""
+    """(version, metric value from its training run), or (None, None) when there is no champion."""
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
         return None, None  # no registered model yet, or no champion alias
-    source = version.tags.get(TAG_SOURCE_RUN)
+    # Versions registered before the photo model moved into the training run name it only in the tag.
+    source = version.tags.get(TAG_SOURCE_RUN) or version.run_id
     value = client.get_run(source).data.metrics.get(metric) if source else None
     return str(version.version), value
 
@@ -110,22 +169,32 @@ def promote(
     min_value: float = 0.0,
     experiment: str = "fer",
 ) -> Decision:
-    """Register `run_id`'s model (default: the best finished phase-2 run) and apply the champion gate."""
+    """Register a training run's photo model as `challenger`; move `champion` to it if it beats the current one.
+
+    `run_id`: the training run; "latest-compare" (LATEST_COMPARE) for the final
+    run of the latest compare; None for the best finished phase-2 run by
+    `metric`. The registered version's source run is the training run, its
+    description a model card (`model_card`) and the decision.
+
+    Example:
+        decision = promote("latest-compare", min_value=0.5)
+        print(decision.to_text())
+    """
     configure_tracking(None)
     client = MlflowClient()
     experiment = experiment_in_use(client, experiment)
-    source = client.get_run(run_id) if run_id else best_finished_run(client, experiment, metric)
+    source = resolve_source_run(client, experiment, run_id, metric)
     if metric not in source.data.metrics:
         raise PromotionError(f"Run {source.info.run_id} has no metric {metric!r}; choose another with --metric.")
     value = source.data.metrics[metric]
     champion_version, champion_value = current_champion(client, model_name, metric)
+    model_id = photo_model_of(client, source)  # before the promote run starts: it must not become its output
 
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"promote-{model_name}"):
-        mlflow.set_tags({TAG_PHASE: "promote", TAG_SOURCE_RUN: source.info.run_id})
-        model_info = _log_service_model(source.info.run_id)
-        version = mlflow.register_model(model_info.model_uri, model_name).version
+        mlflow.set_tags({TAG_PHASE: "promote", TAG_RUN_KIND: RUN_KIND_PROMOTE, TAG_SOURCE_RUN: source.info.run_id})
+        version = _register(client, model_name, source.info.run_id, model_id)
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         promoted, reason = decide(value, min_value, champion_value)
         if promoted:
@@ -134,20 +203,109 @@ def promote(
             model_name, str(version), source.info.run_id, metric, value, min_value,
             champion_version, champion_value, promoted, reason,
         )
-        _record(client, decision)
-        mlflow.log_metrics({"promoted": float(promoted), metric: value})
+        _record(client, decision, model_card(source))
+        # Tags, not metrics: a metric here would sit beside the trainings' own in every chart.
+        mlflow.set_tags({
+            "fer.registered_version": f"{model_name}/{decision.version}",
+            "fer.decision": CHAMPION if promoted else CHALLENGER,
+            "fer.metric": metric,
+            "fer.metric_value": f"{value:.6f}",
+            "mlflow.note.content": decision.to_text(),
+        })
     return decision
 
 
-def _log_service_model(source_run_id: str):
+def photo_model_of(client: MlflowClient, source: Run) -> str:
+    """The id of `source`'s photo model (PHOTO_MODEL), logged into it from its Keras model if not there yet.
+
+    The logged model's source run is the training run, and the training run
+    lists it among its outputs, so the registry's lineage leads there.
+    """
+    run_id, experiment_id = source.info.run_id, source.info.experiment_id
+    ready = [
+        model for model in client.search_logged_models([experiment_id], filter_string=f"name = '{PHOTO_MODEL}'")
+        if model.source_run_id == run_id and model.status == LoggedModelStatus.READY
+    ]
+    if ready:  # promoted before (under another name, say): one photo model per training run
+        return max(ready, key=lambda model: model.creation_timestamp).model_id
+    logged = mlflow.initialize_logged_model(name=PHOTO_MODEL, source_run_id=run_id, experiment_id=experiment_id)
+    _log_service_model(run_id, logged.model_id)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id
+
+
+def _log_service_model(source_run_id: str, model_id: str):
     from fer.photo_service import find_keras_file, log_service_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = mlflow.artifacts.download_artifacts(f"runs:/{source_run_id}/model", dst_path=tmp)
-        return log_service_model(find_keras_file(Path(model_dir)))
+        return log_service_model(find_keras_file(Path(model_dir)), name=PHOTO_MODEL, model_id=model_id)
 
 
-def _record(client: MlflowClient, decision: Decision) -> None:
+def _register(client: MlflowClient, model_name: str, run_id: str, model_id: str) -> str:
+    """A new version of `model_name` from logged model `model_id`, with `run_id` as its source run."""
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(model_name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    return str(version.version)
+
+
+def model_card(run: Run) -> str:
+    """A short model card for a training run's model, from its tags, params and metrics.
+
+    What it was trained on, which phase, accuracy and macro-F1 and on which
+    split, when, and its limits. Markdown, a few lines: the registry shows it as
+    the version's description.
+    """
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    split = tags.get(TAG_EVAL_SPLIT, "test")
+    split_words = "test split" if split == "test" else "validation split (the data has no test split)"
+    when = datetime.fromtimestamp((run.info.end_time or run.info.start_time) / 1000, timezone.utc)
+    data = tags.get(TAG_DATA_SOURCE, "unknown data")
+    train_size = params.get("data.train_size")
+    lines = [
+        "Facial expression model: 48x48 grayscale faces in, the 8 FER+ emotions out; "
+        "photos are served with faces found by OpenCV's Haar cascade.",
+        "",
+        f"- Training run: `{run.info.run_id}` ({run.info.run_name}), {tags.get(TAG_PHASE, 'phase not recorded')}, "
+        + (f"model `{tags[TAG_MODEL]}`, " if TAG_MODEL in tags else "")
+        + f"finished {when:%Y-%m-%d %H:%M} UTC",
+        f"- Data: {data}" + (f", {int(train_size):,} training faces" if train_size else "")
+        + (f", {tags[TAG_LABEL_MODE]} labels" if TAG_LABEL_MODE in tags else ""),
+    ]
+    if "eval_accuracy" in metrics:
+        lines.append(
+            f"- On the {split_words}: accuracy {metrics['eval_accuracy']:.4f}, "
+            f"macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f}"
+        )
+    if "best_val_accuracy" in metrics:
+        lines.append(f"- Best validation accuracy {metrics['best_val_accuracy']:.4f}")
+    lines.append("- Limits: " + "; ".join(_limits(tags, metrics, split)))
+    return "\n".join(lines)
+
+
+def _limits(tags: dict, metrics: dict, split: str) -> list[str]:
+    limits = []
+    if split != "test":
+        limits.append("validation figures (no held-out test split): expect less on new faces")
+    if tags.get(TAG_DATA_SOURCE, "").startswith("synthetic"):
+        limits.append("trained on drawn synthetic faces: says nothing about real faces")
+    limits.append("48x48 frontal faces, centred and upright like the training data")
+    contempt = metrics.get("eval_recall_contempt")
+    if contempt is None:
+        measured = "eval_accuracy" in metrics
+        limits.append("contempt rare: " + ("not measured (no contempt faces in the evaluation split)" if measured
+                                           else "the model was not evaluated"))
+    elif contempt < 0.5:
+        limits.append(f"contempt rare: recall {contempt:.2f}")
+    return limits
+
+
+def _record(client: MlflowClient, decision: Decision, card: str) -> None:
+    """The decision on the version: its numbers as tags, the model card and the decision as its description."""
     tags = {
         TAG_SOURCE_RUN: decision.source_run_id,
         "fer.metric": decision.metric,
@@ -160,4 +318,5 @@ def _record(client: MlflowClient, decision: Decision) -> None:
     }
     for key, value in tags.items():
         client.set_model_version_tag(decision.model_name, decision.version, key, value)
-    client.update_model_version(decision.model_name, decision.version, description=decision.to_text())
+    description = f"{card}\n\nPromotion: {decision.to_text()}"
+    client.update_model_version(decision.model_name, decision.version, description=description)

@@ -152,7 +152,9 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.network = load_network(context.artifacts[KERAS_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):
+    # The hint is one MLflow 3 reads as "no schema from hints, no validation": the signature
+    # (`model_signature`) and `face_array` keep the contract; without a hint MLflow warns at import.
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         try:
             faces = face_array(model_input)
         except BadRequest as err:
@@ -173,12 +175,20 @@ def requirements(*extra: str) -> list[str]:
 
 
 def log_pyfunc(
-    entry_file: str, keras_path: str | Path, *, name: str, signature: ModelSignature, input_example, pip_requirements
+    entry_file: str,
+    keras_path: str | Path,
+    *,
+    name: str,
+    signature: ModelSignature,
+    input_example,
+    pip_requirements,
+    model_id: str | None = None,
 ) -> ModelInfo:
     """Log a models-from-code pyfunc (`entry_file` beside this module) around a `.keras` file; its ModelInfo.
 
     The model carries this whole package (`code_paths`), so it loads with
-    nothing of ours installed.
+    nothing of ours installed. It goes to the active run, or into the logged
+    model `model_id` when given (one made with `mlflow.initialize_logged_model`).
     """
     import fer
 
@@ -194,6 +204,7 @@ def log_pyfunc(
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements,
+        model_id=model_id,
     )
 
 

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from fer.config import EXPERIMENTS_DIR, ConfigError, TrainConfig, _read_yaml, load_config
-from fer.tracking import DEFAULT_EXPERIMENT, RunStopped, configure_tracking, experiment_in_use
+from fer.tracking import (
+    DEFAULT_EXPERIMENT,
+    RUN_KIND_SWEEP,
+    TAG_RUN_KIND,
+    RunStopped,
+    configure_tracking,
+    experiment_in_use,
+)
 
 MISSING_OPTUNA = (
     'fer sweep needs Optuna, an optional extra: pip install -e ".[sweep]" '
@@ -470,9 +477,11 @@ def open_parent(client: MlflowClient, experiment_id: str, spec: SweepSpec, stora
             client.set_tag(shell, "mlflow.note.content",
                            f"This run only continued sweep `{spec.name}`; its trials are under run {parent_id}.")
             client.set_tag(shell, "fer.continued_sweep_run_id", parent_id)
+            client.set_tag(shell, TAG_RUN_KIND, RUN_KIND_SWEEP)
         print(f"Continuing sweep {spec.name!r}: parent run {parent_id}.")
     else:
-        tags = {TAG_SWEEP: spec.name, TAG_ROLE: "parent", "mlflow.runName": f"sweep-{spec.name}"}
+        tags = {TAG_SWEEP: spec.name, TAG_ROLE: "parent", TAG_RUN_KIND: RUN_KIND_SWEEP,
+                "mlflow.runName": f"sweep-{spec.name}"}
         if shell:
             parent_id = shell
             client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in tags.items()])

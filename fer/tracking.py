@@ -23,6 +23,13 @@ TAG_DATA_SOURCE = "fer.data_source"
 TAG_LABEL_MODE = "fer.label_mode"
 TAG_EVAL_SPLIT = "fer.eval_split"
 TAG_STOPPED_BY = "fer.stopped_by"  # time_limit | early_stopping | epochs | pruned
+# What a run is: one filter in the MLflow UI (`tags.fer.run_kind = 'training'`) shows
+# only trainings, without the compare and promote runs beside them in every chart.
+TAG_RUN_KIND = "fer.run_kind"
+RUN_KIND_TRAINING, RUN_KIND_COMPARE, RUN_KIND_PROMOTE = "training", "compare", "promote"
+RUN_KIND_SWEEP = "sweep"  # a sweep's parent run (its trials are trainings)
+RUN_KIND_RESUME = "resume"  # the empty run `mlflow run -P resume=<id>` creates around a resumed one
+TRAINING_RUNS_FILTER = f"tags.`{TAG_RUN_KIND}` = '{RUN_KIND_TRAINING}'"
 
 
 class RunStopped(Exception):

@@ -67,11 +67,14 @@ from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
 from fer.serving import log_emotion_model
 from fer.tracking import (
+    RUN_KIND_RESUME,
+    RUN_KIND_TRAINING,
     TAG_DATA_SOURCE,
     TAG_EVAL_SPLIT,
     TAG_LABEL_MODE,
     TAG_MODEL,
     TAG_PHASE,
+    TAG_RUN_KIND,
     TAG_STOPPED_BY,
     RunStopped,
     configure_tracking,
@@ -322,6 +325,7 @@ def _log_run_header(config: TrainConfig, prepared: Prepared, run_name: str) -> N
     mlflow.set_tags(
         {
             TAG_PHASE: config.phase,
+            TAG_RUN_KIND: RUN_KIND_TRAINING,
             TAG_MODEL: config.model,
             TAG_DATA_SOURCE: splits.source,
             TAG_LABEL_MODE: splits.label_mode.value,
@@ -353,6 +357,7 @@ def _note_resume(client: MlflowClient, run_id: str, max_minutes: float, first_ep
     shell = os.environ.get("MLFLOW_RUN_ID")
     if shell and shell != run_id:
         client.set_tag(shell, "fer.resumed_run_id", run_id)
+        client.set_tag(shell, TAG_RUN_KIND, RUN_KIND_RESUME)  # not a training: kept out of the training filter
         client.set_tag(shell, "mlflow.note.content", f"This run only resumed run {run_id}; its results are there.")
 
 

@@ -25,8 +25,8 @@ def test_rows_are_computed_from_the_histories():
     baseline = summary([0.40, 0.50, 0.45], [0.42, 0.55, 0.60], [1.5, 1.2, 1.3], eval_accuracy=0.48, eval_macro_f1=0.3)
     final = summary([0.50, 0.60, 0.62], [0.45, 0.58, 0.75], [1.3, 1.0, 0.9], eval_accuracy=0.61, eval_macro_f1=0.5)
     rows = {row.metric.split(" (")[0]: row for row in comparison_rows(baseline, final)}
-    assert rows["Best validation accuracy"].baseline == "0.5000 (epoch 2)"
-    assert rows["Best validation accuracy"].final == "0.6200 (epoch 3)"
+    assert rows["Best validation accuracy"].baseline == "0.5000 (epoch 2, step 1)"  # MLflow's charts count from 0
+    assert rows["Best validation accuracy"].final == "0.6200 (epoch 3, step 2)"
     assert rows["Best validation accuracy"].improvement == "+12.0 pts (better)"
     assert rows["Best validation loss"].improvement == "-0.3000 (better)"
     assert rows["Stability"].baseline.startswith(f"{np.std(np.diff([0.40, 0.50, 0.45])):.4f}")
@@ -49,6 +49,47 @@ def test_per_class_recall_rows_cover_the_classes_both_runs_measured():
     assert rows["Training time (model.fit)"].final == "60.0 min (last of 2 sittings)"
     assert rows["Training time (model.fit)"].baseline == "1.5 min"
     assert "Wall time (run start to end, loading and evaluation included)" not in rows  # the baseline has none
+
+
+def test_a_two_epoch_pair_says_what_it_cannot_measure():
+    # One epoch-to-epoch change each: its std would be 0.0000, "stable", for any run.
+    baseline = summary([0.30, 0.50], [0.20, 0.30], [1.5, 1.2])
+    final = summary([0.40, 0.55], [0.25, 0.45], [1.4, 1.1])
+    rows = {row.metric.split(" (")[0]: row for row in comparison_rows(baseline, final)}
+    stability = rows["Stability"]
+    assert (stability.baseline, stability.final) == ("n/a: 2 epochs (needs 3)", "n/a: 2 epochs (needs 3)")
+    assert stability.improvement == "n/a"
+    # -20 -> -10 points: both "none", so not called worse although the gap grew.
+    overfit = rows["Overfitting risk"]
+    assert overfit.baseline == "-20.0 pts, none (validation above training)"
+    assert overfit.final == "-10.0 pts, none (validation above training)"
+    assert overfit.improvement == "+10.0 pts (same band)"
+
+
+def test_banded_rows_follow_the_band_not_the_sign():
+    calm = summary([0.50, 0.51, 0.50, 0.51], [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0])
+    jumpy = summary([0.40, 0.55, 0.45, 0.60], [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0])
+    calmer = summary([0.50, 0.505, 0.50, 0.505], [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0])
+    better = {r.metric.split(" (")[0]: r for r in comparison_rows(jumpy, calm)}["Stability"]
+    worse = {r.metric.split(" (")[0]: r for r in comparison_rows(calm, jumpy)}["Stability"]
+    same = {r.metric.split(" (")[0]: r for r in comparison_rows(calm, calmer)}["Stability"]
+    assert better.improvement.endswith("(better)") and worse.improvement.endswith("(worse)")
+    assert same.improvement.endswith("(same band)") and same.final.endswith("stable")
+    # Training accuracy NaN at the best epoch: the gap is not measured, and not judged.
+    blind = summary([0.4, 0.5], [0.4, float("nan")], [1.0, 0.9])
+    gap = {r.metric.split(" (")[0]: r for r in comparison_rows(blind, calm)}["Overfitting risk"]
+    assert gap.baseline == "n/a: no training accuracy at epoch 2" and gap.improvement == "n/a"
+
+
+def test_compare_history_figure_has_whole_epoch_ticks(tmp_path):
+    from fer.compare import compare_history_figure
+
+    baseline = summary([0.40, 0.50], [0.4, 0.5], [1.2, 1.1])
+    final = summary([0.45, 0.55], [0.45, 0.55], [1.1, 1.0])
+    figure = compare_history_figure(baseline, final)
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0, 2.0]
 
 
 def test_rows_without_evaluation_leave_test_rows_out():
@@ -129,9 +170,12 @@ def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, t
             for key in ("val_accuracy", "val_loss", "accuracy")
         }
         best = int(np.argmax(history["val_accuracy"]))
-        assert table["Best validation accuracy"][column] == f"{history['val_accuracy'][best]:.4f} (epoch {best + 1})"
+        assert table["Best validation accuracy"][column] == (
+            f"{history['val_accuracy'][best]:.4f} (epoch {best + 1}, step {best})"
+        )
         assert table["Best validation loss"][column] == f"{min(history['val_loss']):.4f}"
-        assert table["Stability"][column].startswith(f"{np.std(np.diff(history['val_accuracy'])):.4f}")
+        # Two epochs, one change: too few for a std (a lone change's std is 0, "stable", for any run).
+        assert table["Stability"][column] == "n/a: 2 epochs (needs 3)"
         gap = history["accuracy"][best] - history["val_accuracy"][best]
         assert table["Overfitting risk"][column].startswith(f"{gap * 100:+.1f} pts")
         assert table["Test accuracy"][column] == f"{runs[phase].data.metrics['eval_accuracy']:.4f}"
@@ -146,6 +190,7 @@ def test_compare_entry_point_logs_a_table_that_matches_the_runs(trained_store, t
         info = runs[phase].info
         assert table["Wall time"][column] == f"{(info.end_time - info.start_time) / 60000:.1f} min"
 
+    assert table["Stability"]["Improvement"] == "n/a"  # not measured, so neither better nor worse
     assert "Diagnosis: Overfitting onset" in table and "Diagnosis: Learning-rate steps" in table
 
     page = (local / "comparison.html").read_text()

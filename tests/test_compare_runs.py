@@ -133,7 +133,7 @@ def test_a_nan_epoch_is_never_the_best_and_the_table_still_builds(pinned_runs):
 
     _, rows, markdown = fer_compare.compare(baseline_id, final_id, experiment=EXPERIMENT)
     table = {row.metric.split(" (")[0]: row for row in rows}
-    assert table["Best validation accuracy"].final == "0.5800 (epoch 5)"
+    assert table["Best validation accuracy"].final == "0.5800 (epoch 5, step 4)"
     assert table["Best validation loss"].final == "1.2100"
     # The gap at epoch 5 (0.54 - 0.58); volatility over the finite changes only (none touching epoch 3).
     assert table["Overfitting risk"].final == "-4.0 pts, none (validation above training)"

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -529,6 +531,51 @@ def test_server_refuses_non_json_with_400(server):
     assert status == 400
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_curl_recipe() -> str:
+    """The README's shell lines that build request.json from a photo and post it, from `photo=` to `curl`."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "request.json" in b and "curl " in b]
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("photo="))
+    end = next(i for i, line in enumerate(lines) if line.startswith("curl "))
+    return "\n".join(lines[start:end + 1])
+
+
+def large_photo() -> np.ndarray:
+    """compose_photo three times as large, fresh noise on the background: a PNG well over 200 KB."""
+    small = compose_photo()
+    photo = np.asarray(Image.fromarray(small).resize((PHOTO_SIZE[0] * 3, PHOTO_SIZE[1] * 3), Image.Resampling.BICUBIC))
+    noise = np.clip(np.random.default_rng(3).normal(128, 20, photo.shape), 0, 255).astype(np.uint8)
+    background = np.ones(photo.shape, bool)
+    for x, y, w, h in PASTED:
+        background[3 * y:3 * (y + h), 3 * x:3 * (x + w)] = False
+    return np.where(background, noise, photo)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("curl") or not shutil.which("base64"), reason="needs curl and base64")
+def test_readmes_curl_recipe_works_verbatim_for_a_large_photo(server, tmp_path):
+    require_detector()
+    recipe = readme_curl_recipe()
+    assert "base64" in recipe and "-d @request.json" in recipe  # the body from a file, not the command line
+    photo = tmp_path / "holiday photo.png"  # a space in the name, as photos have
+    photo.write_bytes(png_bytes(large_photo()))
+    assert photo.stat().st_size > 200_000  # over ~96 KB, the old recipe's base64 overflowed the argument list
+    port = server.rsplit(":", 1)[1]
+    script = re.sub(r"^photo=.*$", f"photo={shlex.quote(str(photo))}", recipe, flags=re.M).replace(":5001/", f":{port}/")
+    assert script != recipe and f":{port}/invocations" in script
+    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)["predictions"]
+    boxes = [[v / 3 for v in p["box"]] for p in predictions]  # back to compose_photo's scale
+    assert matches_pasted(boxes), predictions
+    assert all(p["emotion"] in EMOTIONS for p in predictions)
+
+
 # ---------------------------------------------------------------------------
 # fer predict
 
@@ -555,6 +602,25 @@ def test_cli_predict_prints_faces_and_writes_annotated_photos(served, tmp_path):
         assert image.size == PHOTO_SIZE and image.mode == "RGB"
         pixels = np.asarray(image)
     assert (pixels[..., 0] > 200).any() and (pixels[..., 1] < 100).any()  # red boxes and labels drawn
+
+
+def test_the_photos_the_readme_names_come_with_the_project():
+    named = set(re.findall(r"\bexamples/[\w.-]+\.(?:png|jpg)\b", README.read_text()))
+    assert "examples/faces.png" in named
+    for path in named:
+        assert (README.parent / path).is_file(), f"README.md names {path}, which is not in the repository"
+
+
+@pytest.mark.slow
+def test_cli_predict_on_the_readmes_example_photo_finds_its_three_faces(served):
+    require_detector()
+    from fer.cli import main
+
+    uri, _, _ = served
+    photo = README.parent / "examples" / "faces.png"
+    result = CliRunner().invoke(main, ["predict", "--model", uri, str(photo)])
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.output.splitlines() if "box=" in line]) == 3, result.output
 
 
 @pytest.mark.slow
