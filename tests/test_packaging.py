@@ -48,3 +48,10 @@ def test_mlproject_defaults_agree_with_the_experiment_files():
             if name == "resume":  # not a setting: the run to continue
                 continue
             assert str(spec["default"]).lower() == str(config[name]).lower(), (phase, name)
+
+
+def test_the_test_extra_installs_what_the_onnx_extra_does():
+    """tests/test_export.py runs real exports: CI's `pip install -e ".[test]"` must bring the converter."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"onnx", "onnxruntime", "tf2onnx"} == {re.split(r"[<>=!~\[]", r)[0] for r in extras["onnx"]}
+    assert set(map(_normalise, extras["onnx"])) <= set(map(_normalise, extras["test"]))
