@@ -163,8 +163,13 @@ class _quiet_converter:
         self.logger = logging.getLogger("tf2onnx")
         self.level = self.logger.level
         self.logger.setLevel(logging.WARNING)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        # Keras's numpy-2 patch of tf2onnx (keras/src/export/tf2onnx_lib.py) trips numpy's own notice.
+        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
 
     def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
         self.logger.setLevel(self.level)
 
 
@@ -328,14 +333,15 @@ def quantize(source: str | Path, destination: str | Path, method: str = "int8",
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    if method == "int8-dynamic":
-        # uint8 weights: ONNX Runtime's CPU ConvInteger has no int8-weight kernel.
-        quantize_dynamic(str(source), str(destination), weight_type=QuantType.QUInt8)
-        return destination
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        # Symbolic shape inference is for transformers and needs sympy; a CNN's shapes are static.
+        # ONNX Runtime's pre-processing (shape inference, graph optimization) before either method. Symbolic
+        # shape inference is for transformers and needs sympy; a CNN's shapes are static.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if method == "int8-dynamic":
+            # uint8 weights: ONNX Runtime's CPU ConvInteger has no int8-weight kernel.
+            quantize_dynamic(str(prepared), str(destination), weight_type=QuantType.QUInt8)
+            return destination
         input_name = OnnxRuntimeNetwork(prepared).input_name
         quantize_static(
             str(prepared),
