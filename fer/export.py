@@ -533,15 +533,18 @@ def export_model(
     require_converter(format)
     if quantization not in (None, *QUANTIZATIONS):
         raise ExportError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    if pyfunc and (format != "onnx" or not log):
+        raise ExportError("--pyfunc logs an ONNX-engine pyfunc into the model's run: it needs --format onnx "
+                          "and logging (no --no-log)")
     model_uri = as_model_uri(model_uri)
     client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         logged = load_logged_network(model_uri, Path(tmp))
     network, run_id = logged.network, logged.run_id
     run_id = run_id if run_id and _run_exists(client, run_id) else None  # a folder from another store: no run
-    if pyfunc and (format != "onnx" or not run_id or not log):
-        raise ExportError("--pyfunc logs an ONNX-engine pyfunc into the model's run: it needs --format onnx, "
-                          "a model logged in this tracking store, and logging (no --no-log)")
+    if pyfunc and not run_id:
+        raise ExportError(f"--pyfunc logs an ONNX-engine pyfunc into the model's run, and {model_uri} has none "
+                          f"in {_tracking_uri()}: give a run id or a models:/ URI of this tracking store")
     splits, seed = measurement_data(client, run_id, data)
     faces, labels = as_faces(splits.val.images), splits.val.labels
     output = Path(output) if output else Path.cwd() / f"fer-{(run_id or Path(model_uri).name)[:12]}{SUFFIXES[format]}"
@@ -739,6 +742,12 @@ def _log_report(client, report: ExportReport) -> None:
         figures.write_text(json.dumps({"model_uri": report.model_uri, "split": report.split, "faces": report.faces,
                                        "metrics": report.metrics()}, indent=2))
         client.log_artifact(report.run_id, str(figures), EXPORT_ARTIFACTS)
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def _first_line(err: BaseException) -> str:

@@ -308,3 +308,9 @@ def test_an_onnx_engine_pyfunc_predicts_like_the_keras_one_without_importing_ten
     assert loaded.stdout.strip().splitlines()[-1] == "[]"  # neither TensorFlow nor Keras was imported
     keras_probabilities = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)
     np.testing.assert_allclose(np.load(tmp_path / "onnx.npy"), keras_probabilities, atol=1e-5)
+
+
+def test_fer_export_refuses_an_onnx_engine_pyfunc_it_could_not_log_before_any_work(store):
+    for args in (["--pyfunc", "--format", "litert"], ["--pyfunc", "--no-log"]):
+        result = fer("export", "0123456789abcdef0123456789abcdef", *args)
+        assert result.exit_code != 0 and "--pyfunc" in result.output and "Cannot download" not in result.output
