@@ -16,7 +16,7 @@ Read top to bottom, `train` is the whole story of a run:
    gap, overfitting onset, stability, convergence, the weakest classes;
 8. model: logged with a signature and an input example, ready for the registry;
 9. the same network as ONNX (`model.onnx`), kept when ONNX Runtime agrees with
-   Keras on the test faces; skipped with a logged reason, never a failed run.
+   Keras on the evaluated faces; skipped with a logged reason, never a failed run.
 
 Training runs under the tf.distribute strategy of `config.distribute` (see
 `fer.distribute`). In a multi-worker cluster only the chief does all of the
