@@ -230,6 +230,40 @@ def predict(model_uri, images, annotate_dir):
         raise click.ClickException(f"{failed} of {len(images)} images could not be used (see above).")
 
 
+@main.command(name="export")
+@click.argument("model_uri", metavar="RUN_OR_MODEL_URI")
+@click.option("--format", "format_", type=click.Choice(["onnx", "litert"]), default="onnx", show_default=True,
+              help="onnx (ONNX Runtime, needs the [onnx] extra) or litert (a .tflite file for TensorFlow Lite).")
+@click.option("--quantize", type=click.Choice(["none", "int8", "int8-dynamic"]), default="none", show_default=True,
+              help="Also write an int8 copy: int8 is calibrated on training faces, int8-dynamic needs no calibration.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The float32 file (default ./fer-<run id>.onnx or .tflite); the int8 one goes beside it.")
+@click.option("--data", callback=_blank_is_none,
+              help="Faces to check and measure on (default: the data the model's training run used).")
+@click.option("--calibration-faces", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Training faces that calibrate the static int8 quantization.")
+@click.option("--no-log", is_flag=True, help="Do not log the files and figures to the model's run.")
+@click.option("--pyfunc", is_flag=True,
+              help="Also log a pyfunc (model_onnx) that runs the ONNX file in ONNX Runtime: served without TensorFlow.")
+def export_command(model_uri, format_, quantize, output, data, calibration_faces, no_log, pyfunc):
+    """Export a run's or registered version's network to ONNX or LiteRT, checked against Keras, optionally int8.
+
+    RUN_OR_MODEL_URI: a run id, runs:/<run id>/model, models:/fer-emotion@champion, models:/<name>/<version>,
+    or a local model folder. Prints the validation accuracy of Keras, the exported file and its int8 copy.
+    """
+    from fer.export import ExportError, export_model  # TensorFlow loads later, in export_model
+    from fer.tracking import configure_tracking
+
+    try:
+        configure_tracking()  # run ids and models:/ resolve against the project's store
+        report = export_model(model_uri, format_, quantization=None if quantize == "none" else quantize,
+                              output=output, data=data, calibration_faces=calibration_faces, log=not no_log,
+                              pyfunc=pyfunc)
+    except (ExportError, DataError, TrackingServerError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(report.to_text())
+
+
 @main.group()
 def data():
     """Inspect data sources."""

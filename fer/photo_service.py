@@ -32,12 +32,11 @@ from fer.data.splits import EMOTIONS, IMAGE_SIZE, NUM_CLASSES
 from fer.images import ImageError
 from fer.serving import (
     IMAGE_COLUMN,
-    KERAS_ARTIFACT,
     BadRequest,
     RequestRefused,
     face_array,
     forward,
-    load_network,
+    load_engine,
     log_pyfunc,
     requirements,
 )
@@ -109,7 +108,7 @@ class FaceEmotionModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        self.network = load_network(context.artifacts[KERAS_ARTIFACT])
+        self.network = load_engine(context.artifacts)
 
     # pd.DataFrame is the hint MLflow 3 takes as "infer no schema, validate nothing, convert
     # nothing" (mlflow.types.type_hints.type_hints_no_signature_inference): arrays and dicts still
@@ -308,8 +307,8 @@ def service_input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buffer.getvalue()).decode("ascii")]})
 
 
-def _service_requirements() -> list[str]:
-    """The training pins, plus an OpenCV that has the Haar cascade.
+def service_requirements(engine: str = "keras") -> list[str]:
+    """The training pins (`fer.serving.requirements`), plus an OpenCV that has the Haar cascade.
 
     OpenCV is pinned to the installed version like the rest, except that an
     installed OpenCV 5 (no cascade) is not carried into the served model.
@@ -318,7 +317,7 @@ def _service_requirements() -> list[str]:
 
     opencv = version("opencv-python-headless")
     pin = f"=={opencv}" if int(opencv.split(".")[0]) < 5 else ">=4.9,<5"
-    return requirements(f"opencv-python-headless{pin}")
+    return requirements(f"opencv-python-headless{pin}", engine=engine)
 
 
 def find_keras_file(model_dir: Path) -> Path:
@@ -352,6 +351,6 @@ def log_service_model(keras_model_path: str | Path, name: str = "model", model_i
         name=name,
         signature=service_signature(),
         input_example=service_input_example(),
-        pip_requirements=_service_requirements(),
+        pip_requirements=service_requirements(),
         model_id=model_id,
     )

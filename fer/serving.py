@@ -4,7 +4,9 @@ Both logged models carry the Keras model (`.keras` file) and this package's
 code, so `mlflow.pyfunc.load_model` and `mlflow models serve` need nothing
 else, and both are "models from code": rebuilt from source at load, never
 unpickled. Both are logged by `log_pyfunc` and check face arrays with
-`face_array`.
+`face_array`. Either can also be logged with an ONNX file instead of the
+`.keras` one (engine onnx, `fer export --pyfunc`): it then runs in ONNX
+Runtime and never imports TensorFlow (`load_engine`).
 
 - `EmotionModel`, logged by training (`log_emotion_model`, entry file
   `pyfunc_model.py`): raw faces in, float32 N x 48 x 48 x 1 with pixel values
@@ -36,6 +38,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 KERAS_ARTIFACT = "keras_model"
+ONNX_MODEL_ARTIFACT = "onnx_model"  # a model logged with ONNX Runtime as its engine carries this instead
 FACE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 IMAGE_COLUMN = "image"  # the photo service's input column, named in messages about arrays too
 
@@ -74,6 +77,18 @@ def load_network(path: str):
     from fer import models  # noqa: F401  registers the layers a flip-TTA network is saved with
 
     network = keras.saving.load_model(path, compile=False)
+    forward(network, np.zeros((1, *FACE_SHAPE), np.float32))
+    return network
+
+
+def load_engine(artifacts: dict):
+    """The network a logged model runs: its ONNX file in ONNX Runtime (engine onnx: TensorFlow is never
+    imported), else its Keras network; either traced once on a blank face and used through `forward`."""
+    if ONNX_MODEL_ARTIFACT not in artifacts:
+        return load_network(artifacts[KERAS_ARTIFACT])
+    from fer.export import OnnxRuntimeNetwork
+
+    network = OnnxRuntimeNetwork(artifacts[ONNX_MODEL_ARTIFACT])
     forward(network, np.zeros((1, *FACE_SHAPE), np.float32))
     return network
 
@@ -150,7 +165,7 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
     """Predicts the 8 emotion probabilities of 48x48 grayscale faces (`face_array` says what it takes)."""
 
     def load_context(self, context):
-        self.network = load_network(context.artifacts[KERAS_ARTIFACT])
+        self.network = load_engine(context.artifacts)
 
     # The hint is one MLflow 3 reads as "no schema from hints, no validation": the signature
     # (`model_signature`) and `face_array` keep the contract; without a hint MLflow warns at import.
@@ -166,17 +181,21 @@ class EmotionModel(mlflow.pyfunc.PythonModel):
 # Logging
 
 
-def requirements(*extra: str) -> list[str]:
-    """Pinned to what trained the model, so a served model runs the same code; `extra` appended as given."""
+def requirements(*extra: str, engine: str = "keras") -> list[str]:
+    """Pinned to what trained the model, so a served model runs the same code; `extra` appended as given.
+
+    engine "onnx": ONNX Runtime instead of TensorFlow and Keras.
+    """
     from importlib.metadata import version
 
-    pinned = [f"{name}=={version(name)}" for name in ("mlflow", "tensorflow", "keras", "numpy", "pillow")]
+    runtime = ("tensorflow", "keras") if engine == "keras" else ("onnxruntime",)
+    pinned = [f"{name}=={version(name)}" for name in ("mlflow", *runtime, "numpy", "pillow")]
     return [*pinned, *extra]
 
 
 def log_pyfunc(
     entry_file: str,
-    keras_path: str | Path,
+    network_path: str | Path,
     *,
     name: str,
     signature: ModelSignature,
@@ -184,22 +203,25 @@ def log_pyfunc(
     pip_requirements,
     model_id: str | None = None,
 ) -> ModelInfo:
-    """Log a models-from-code pyfunc (`entry_file` beside this module) around a `.keras` file; its ModelInfo.
+    """Log a models-from-code pyfunc (`entry_file` beside this module) around a network file; its ModelInfo.
 
-    The model carries this whole package (`code_paths`), so it loads with
-    nothing of ours installed. It goes to the active run, or into the logged
-    model `model_id` when given (one made with `mlflow.initialize_logged_model`).
+    The network file is a `.keras` file, or a `.onnx` one for a model whose
+    engine is ONNX Runtime (`load_engine`). The model carries this whole
+    package (`code_paths`), so it loads with nothing of ours installed. It goes
+    to the active run, or into the logged model `model_id` when given (one made
+    with `mlflow.initialize_logged_model`).
     """
     import fer
 
     entry = Path(__file__).with_name(entry_file)
     if not entry.is_file():
         raise FileNotFoundError(f"No model entry file {entry}: give the name of one of fer's pyfunc_*.py files")
+    artifact = ONNX_MODEL_ARTIFACT if Path(network_path).suffix == ".onnx" else KERAS_ARTIFACT
     return mlflow.pyfunc.log_model(
         name=name,
         # "Models from code": the model is rebuilt from source at load, never unpickled.
         python_model=str(entry),
-        artifacts={KERAS_ARTIFACT: str(keras_path)},
+        artifacts={artifact: str(network_path)},
         code_paths=[str(Path(fer.__file__).parent)],
         signature=signature,
         input_example=input_example,

@@ -16,7 +16,9 @@ Read top to bottom, `train` is the whole story of a run:
    temperature fitted on validation when `calibration: temperature`;
 7. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
-8. model: logged with a signature and an input example, ready for the registry.
+8. model: logged with a signature and an input example, ready for the registry;
+9. the same network as ONNX (`model.onnx`), kept when ONNX Runtime agrees with
+   Keras on the evaluated faces; skipped with a logged reason, never a failed run.
 
 Training runs under the tf.distribute strategy of `config.distribute` (see
 `fer.distribute`). In a multi-worker cluster only the chief does all of the
@@ -61,6 +63,7 @@ from fer.checkpoints import (
 from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
+from fer.export import log_onnx_model
 from fer.models import build_model, with_flip_averaging, with_temperature
 from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
@@ -179,7 +182,11 @@ def train(
             log_diagnostics(diagnostics)
 
             # 8. The model, ready for pyfunc and the registry
-            _log_model(_served(network, config.tta, temperature), prepared.splits.val)
+            served = _served(network, config.tta, temperature)
+            _log_model(served, prepared.splits.val)
+
+            # 9. What the pyfunc serves, as ONNX, checked against Keras on the evaluated faces
+            log_onnx_model(served, getattr(prepared.splits, prepared.splits.eval_split_name).images)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())

@@ -63,3 +63,10 @@ def test_the_test_extra_brings_the_sweep_extra_and_optuna():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(_normalise(r).startswith("optuna") for r in extras["sweep"])
     assert "fer-mlflow[sweep]" in extras["test"]
+
+
+def test_the_test_extra_installs_what_the_onnx_extra_does():
+    """tests/test_export.py runs real exports: CI's `pip install -e ".[test]"` must bring the converter."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"onnx", "onnxruntime", "tf2onnx"} == {re.split(r"[<>=!~\[]", r)[0] for r in extras["onnx"]}
+    assert set(map(_normalise, extras["onnx"])) <= set(map(_normalise, extras["test"]))
