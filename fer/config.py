@@ -97,6 +97,8 @@ class TrainConfig:
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) figures as system/* metrics (fer.system_metrics)
+    system_metrics_interval: float = 10.0  # seconds between two samples of them
     augmentation: Augmentation = Augmentation()
     reduce_lr: ReduceLR = ReduceLR()
     early_stopping: EarlyStopping = EarlyStopping()
@@ -334,6 +336,8 @@ def validate(config: TrainConfig) -> None:
              f"a number of epochs from 0 to epochs ({config.epochs})", config.warmup_epochs)
     _require(0 <= config.final_lr_fraction < 1, "final_lr_fraction", "a fraction in [0, 1)", config.final_lr_fraction)
     _require(config.tta in TTA_CHOICES, "tta", f"one of {', '.join(TTA_CHOICES)}", config.tta)
+    _require(config.system_metrics_interval > 0, "system_metrics_interval", "a positive number of seconds",
+             config.system_metrics_interval)
     _require(config.checkpoint_upload_every >= 0, "checkpoint_upload_every",
              "0 (upload on failure only) or a number of epochs", config.checkpoint_upload_every)
     try:

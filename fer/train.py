@@ -16,6 +16,9 @@ Read top to bottom, `train` is the whole story of a run:
    gap, overfitting onset, stability, convergence, the weakest classes;
 8. model: logged with a signature and an input example, ready for the registry.
 
+System metrics (CPU, memory, GPU; `fer.system_metrics`) are sampled while the
+run is active unless `system_metrics: false`.
+
 Training runs under the tf.distribute strategy of `config.distribute` (see
 `fer.distribute`). In a multi-worker cluster only the chief does all of the
 above; the other workers train in step with it and never touch MLflow.
@@ -40,7 +43,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import acceleration, distribute, reports
+from fer import acceleration, distribute, reports, system_metrics
 from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
     CheckpointUpload,
@@ -119,7 +122,9 @@ def train(
     # iterate the augmented tf.data pipeline instead of the source arrays.
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
     run_name = None if resume else _run_name(config)
-    with mlflow.start_run(run_id=resume, run_name=run_name) as run:
+    run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
+                                   run_id=resume, run_name=run_name)
+    with run:
         run_id = run.info.run_id
         if resume:
             _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
