@@ -4,8 +4,9 @@
 model, always under alias `challenger`; alias `champion` moves to it only when
 its metric beats the current champion's (read from the champion's own source
 run, so both are measured the same way) and clears a minimum. The decision and
-its numbers go into the version's tags and description. Versions are never
-deleted: every promotion stays auditable.
+its numbers go into the version's tags and description, and the training run's
+evaluation metrics are linked to the registered model, so the version's model
+page shows them. Versions are never deleted: every promotion stays auditable.
 
 The registered model is the photo-capable service model (`fer.serving`),
 logged by a `promote` run of its own that points at the training run.
@@ -23,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from fer.serving import log_model_metrics
 from fer.tracking import TAG_PHASE, configure_tracking, experiment_in_use
 
 DEFAULT_MODEL_NAME = "fer-emotion"
@@ -125,6 +127,7 @@ def promote(
     with mlflow.start_run(run_name=f"promote-{model_name}"):
         mlflow.set_tags({TAG_PHASE: "promote", TAG_SOURCE_RUN: source.info.run_id})
         model_info = _log_service_model(source.info.run_id)
+        log_model_metrics(evaluation_metrics(client, source.info.run_id), model_info.model_id)
         version = mlflow.register_model(model_info.model_uri, model_name).version
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         promoted, reason = decide(value, min_value, champion_value)
@@ -137,6 +140,21 @@ def promote(
         _record(client, decision)
         mlflow.log_metrics({"promoted": float(promoted), metric: value})
     return decision
+
+
+def evaluation_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The metrics linked to a training run's logged model (its evaluation), by name.
+
+    A run trained before metrics were linked to its model gives its `eval_*` run metrics.
+
+    Example:
+        evaluation_metrics(MlflowClient(), run_id)["eval_accuracy"]
+    """
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    linked = {metric.key: metric.value for output in outputs
+              for metric in client.get_logged_model(output.model_id).metrics or []}
+    return linked or {key: value for key, value in run.data.metrics.items() if key.startswith("eval_")}
 
 
 def _log_service_model(source_run_id: str):

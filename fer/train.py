@@ -9,12 +9,13 @@ Read top to bottom, `train` is the whole story of a run:
    model summary), with the learning rate recorded every epoch, a checkpoint
    after every epoch (see `training_callbacks` for the callbacks and their order);
 5. reports: history (JSON and pickle), history plots, best-performance text;
-6. evaluation: test split (validation where there is none): accuracy,
+6. model: logged with a signature and an input example, ready for the registry;
+7. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report,
-   through the mirror-averaging model when `tta: flip` (plain figures beside it);
-7. diagnostics: learning-rate steps and their measured effect, the train-validation
-   gap, overfitting onset, stability, convergence, the weakest classes;
-8. model: logged with a signature and an input example, ready for the registry.
+   through the mirror-averaging model when `tta: flip` (plain figures beside it),
+   the metrics linked to the model logged in step 6, so they show on its page;
+8. diagnostics: learning-rate steps and their measured effect, the train-validation
+   gap, overfitting onset, stability, convergence, the weakest classes.
 
 System metrics (CPU, memory, GPU; `fer.system_metrics`) are sampled while the
 run is active unless `system_metrics: false`.
@@ -40,6 +41,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.models.model import ModelInfo
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
@@ -64,7 +66,7 @@ from fer.models import build_model, with_flip_averaging
 from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
-from fer.serving import log_emotion_model
+from fer.serving import log_emotion_model, log_model_metrics
 from fer.tracking import (
     TAG_DATA_SOURCE,
     TAG_EVAL_SPLIT,
@@ -156,16 +158,17 @@ def train(
             # 5. Reports on the whole history, every sitting of a resumed run included
             best = _log_history(history, config)
 
-            # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
+            # 6. The model, ready for pyfunc and the registry (across workers, of a copy: the others are done)
             network = distribute.for_chief_alone(prepared.model)
-            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta)
+            model_info = _log_model(with_flip_averaging(network) if config.tta == "flip" else network,
+                                    prepared.splits.val, best.epochs)
 
-            # 7. The analysis people used to write by hand, from the run's own numbers
+            # 7. Evaluation, with flip TTA when configured; its metrics are the logged model's too
+            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta, model_info.model_id)
+
+            # 8. The analysis people used to write by hand, from the run's own numbers
             diagnostics = diagnose_run(run_id, client)
             log_diagnostics(diagnostics)
-
-            # 8. The model, ready for pyfunc and the registry
-            _log_model(with_flip_averaging(network) if config.tta == "flip" else network, prepared.splits.val)
 
     print(f"\n{best.to_text()}")
     print(diagnostics.summary())
@@ -519,13 +522,16 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
     return best
 
 
-def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = "none") -> reports.Evaluation:
+def _evaluate(
+    network: keras.Model, splits: Splits, batch_size: int, tta: str = "none", model_id: str | None = None
+) -> reports.Evaluation:
     """Evaluate on the test split (validation where there is none) and log it.
 
     With tta "flip" the logged figures are those of the mean of each face's and
     its mirror's probabilities (what `with_flip_averaging` serves), and the
     plain network's accuracy and macro-F1 go beside them as `eval_no_tta_*`:
-    two forward passes in all.
+    two forward passes in all. The metrics are the run's and, given
+    `model_id`, also that logged model's (`log_model_metrics`).
     """
     # predict, not evaluate: evaluate would fire autologging's validation hooks
     # and record test numbers under validation names.
@@ -534,12 +540,12 @@ def _evaluate(network: keras.Model, splits: Splits, batch_size: int, tta: str = 
     probabilities = _predict(network, split, batch_size)
     if tta == "flip":
         plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
-        mlflow.log_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
-                            f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
+        log_model_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
+                           f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1}, model_id)
         mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
         probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
-    mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
+    log_model_metrics(evaluation.metrics(EVAL_PREFIX), model_id)
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
     mlflow.log_dict(
         {"split": split_name, "labels": list(EMOTIONS), "counts": evaluation.confusion.tolist()},
@@ -556,5 +562,12 @@ def _predict(network: keras.Model, split: Split, batch_size: int) -> np.ndarray:
     return network.predict(make_dataset(split, batch_size, training=False), verbose=0)
 
 
-def _log_model(model: keras.Model, examples: Split) -> None:
-    log_emotion_model(model, examples.images[:2, ..., np.newaxis].astype(np.float32), name=MODEL_ARTIFACT)
+def _log_model(model: keras.Model, examples: Split, epochs_trained: int) -> ModelInfo:
+    """Log the model as the run's output at the step after its last epoch.
+
+    MLflow links the run's metrics at the model's step to it; at a per-epoch step
+    those would be one epoch's training figures, not the model's. Its own are
+    its evaluation, linked explicitly (`_evaluate`).
+    """
+    faces = examples.images[:2, ..., np.newaxis].astype(np.float32)
+    return log_emotion_model(model, faces, name=MODEL_ARTIFACT, step=epochs_trained)
