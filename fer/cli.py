@@ -1,15 +1,56 @@
-"""The `fer` command: thin click wrappers that parse, call the library, and print."""
+"""The `fer` command: thin click wrappers that parse, call the library, and print.
+
+Every option that carries an MLproject parameter has its name (`-P batch_size`
+is `--batch-size`) and its type, and each option that several commands take
+is defined once, below (tests/test_cli.py holds the CLI, MLproject and the
+README's parameter table to each other). Exit status: 0 done, 1 failed (the
+message says why), 2 a bad command line, 130 interrupted by Ctrl-C, 143
+stopped by SIGTERM; a training run stopped either way ends KILLED in MLflow,
+with its history and checkpoint, ready to resume.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import signal
+import threading
 
 import click  # importing fer (above any module of it) has already quieted TensorFlow: fer.console
 
-from fer.config import ConfigError, load_config
+import fer
+from fer.config import CALIBRATIONS, LR_SCHEDULES, MODELS, TTA_CHOICES, ConfigError, load_config
 from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
+
+# What a shell reports for a job its signal stopped (128 + the signal's number): `mlflow run`,
+# Kubernetes and scripts can tell an interruption from a failure (1) or a bad command line (2).
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that a training run ends KILLED with its checkpoint."""
+
+
+# ---------------------------------------------------------------------------
+# Option types and callbacks
+
+
+class _TrueFalse(click.types.BoolParamType):
+    """true / false (also yes / no, 1 / 0), with a hint when a bare switch swallowed the next argument."""
+
+    name = "true|false"
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            option = param.opts[0] if param is not None else "the option"
+            self.fail(f"{value!r} is not true or false (also yes/no, 1/0). {option} alone means true: "
+                      f"give it last, before another option, or with its value ({option} true).", param, ctx)
 
 
 def _blank_is_none(ctx, param, value):
@@ -27,41 +68,161 @@ def _latest_is_none(ctx, param, value):
     return None if value in ("", "latest", "best", "none", None) else value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _choice(values) -> click.Choice:
+    return click.Choice(list(values), case_sensitive=False)
+
+
+def _switch(name: str, *, default: bool | None, help: str):
+    """A boolean option given as MLproject passes it (`--skip-bad false`) or as a flag (`--skip-bad`: true)."""
+    return click.option(name, type=_TrueFalse(), is_flag=False, flag_value=True, default=default,
+                        metavar="[true|false]", help=help)
+
+
+def _options(*decorators):
+    """Several options as one decorator, listed in --help in the order given."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+# ---------------------------------------------------------------------------
+# Options, each defined once. A training option left out keeps the phase file's value.
+
+DATA = click.option("--data", callback=_blank_is_none, metavar="SOURCE",
+                    help="synthetic[:N] (drawn faces, the default), a FER+ folder, a fer2013.csv or an "
+                         "image-folder tree.")
+EPOCHS = click.option("--epochs", type=int, help="Epochs to train (at most, with early stopping or --max-minutes).")
+BATCH_SIZE = click.option("--batch-size", "batch_size", type=int, help="Faces per training step, per replica.")
+SEED = click.option("--seed", type=int, help="Random seed: data split, shuffling, augmentation, initial weights.")
+LEARNING_RATE = click.option("--learning-rate", "learning_rate", type=float, help="Initial learning rate.")
+ARCHITECTURE = click.option("--model", type=_choice(MODELS),
+                            help="Network architecture: baseline (phase 1's) or final (phase 2's).")
+
+
+def label_mode_option(default: str | None = None):
+    """--label-mode, with `default` (None: the phase file's)."""
+    return click.option("--label-mode", "label_mode", type=_choice(m.value for m in LabelMode), default=default,
+                        show_default=default is not None,
+                        help="majority: the most-voted emotion; probability: FER+'s vote distribution as a soft "
+                             "target.")
+
+
+def skip_bad_option(default: bool | None = None):
+    """--skip-bad [true|false], with `default` (None: the phase file's)."""
+    return _switch("--skip-bad", default=default,
+                   help="true: skip unreadable images and malformed rows, counting and listing them; false: "
+                        "stop at the first, naming it.")
+
+
+MAX_MINUTES = click.option("--max-minutes", "max_minutes", type=float,
+                           help="Stop after the last epoch that fits in this many minutes (0: no limit).")
+LR_SCHEDULE = click.option("--lr-schedule", "lr_schedule", type=_choice(LR_SCHEDULES),
+                           help="plateau (step down when validation loss stalls), or linear / cosine (decay to "
+                                "~0 at the end of the epochs or of --max-minutes).")
+TTA = click.option("--tta", type=_choice(TTA_CHOICES),
+                   help="none, or flip: evaluate and serve the mean of the face's and its mirror's predictions.")
+CALIBRATION = click.option("--calibration", type=_choice(CALIBRATIONS),
+                           help="none, or temperature: fit one temperature on validation; the logged model applies it.")
+SYSTEM_METRICS = _switch("--system-metrics", default=None,
+                         help="true: log CPU, memory, disk, network and GPU figures as system/* metrics while "
+                              "the run trains; false: none.")
+SETTINGS = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                        help="Any other setting of the phase file, e.g. augmentation.rotation=10 (repeatable).")
+RESUME = click.option("--resume", callback=_latest_is_none, metavar="RUN_ID",
+                      help="Continue a killed or failed run from its last finished epoch, into the same run.")
+EXPERIMENT = click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, metavar="NAME",
+                          help="MLflow experiment (inside `mlflow run`, the run's own: --experiment-name).")
+
+# The MLproject training parameters and the other settings a training command takes.
+TRAINING_OPTIONS = _options(DATA, EPOCHS, BATCH_SIZE, SEED, LEARNING_RATE, ARCHITECTURE, label_mode_option(),
+                            skip_bad_option(), MAX_MINUTES, LR_SCHEDULE, TTA, CALIBRATION, SYSTEM_METRICS,
+                            SETTINGS)
+
+
+# ---------------------------------------------------------------------------
+# The group: --version, and interruptions as exit statuses
+
+
+def version_text() -> str:
+    """"fer 0.1.0 (mlflow 3.17.0, keras 3.15.0, tensorflow 2.21.0, python 3.11.7)", without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("mlflow", "keras", "tensorflow"))
+    return f"fer {fer.__version__} ({libraries}, python {platform.python_version()})"
+
+
+def _print_version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
+class _Commands(click.Group):
+    """Runs a command with SIGTERM raised as `Terminated`; Ctrl-C then exits 130, SIGTERM 143."""
+
+    def invoke(self, ctx):
+        with _sigterm_raises_terminated():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt as err:
+                terminated = isinstance(err, Terminated)
+                click.echo("Stopped by SIGTERM." if terminated else "Interrupted (Ctrl-C).", err=True)
+                ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _sigterm_raises_terminated():
+    """A polite kill (SIGTERM) ends a command as Ctrl-C does, its clean-up included; as before, after it."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print fer's version and those of MLflow, Keras, TensorFlow and Python, then exit.")
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow's native start-up logging (off by default; also FER_VERBOSE=1).")
 def main(verbose):
-    """Train, compare, register and serve facial expression recognition models, tracked in MLflow."""
+    """Train, compare, register and serve facial expression recognition models, tracked in MLflow.
+
+    Exit status: 0 done, 1 failed, 2 bad command line, 130 interrupted (Ctrl-C), 143 stopped (SIGTERM).
+    """
     if verbose:
         from fer.console import allow_native_logging
 
         allow_native_logging()
 
 
+# ---------------------------------------------------------------------------
+# Commands
+
+
 @main.command()
 @click.argument("phase")
-@click.option("--data", callback=_blank_is_none, help="FER+ folder, fer2013.csv, image-folder tree, or synthetic[:N].")
-@click.option("--epochs", callback=_blank_is_none, help="Override the phase's number of epochs.")
-@click.option("--batch-size", "batch_size", callback=_blank_is_none, help="Override the batch size.")
-@click.option("--seed", callback=_blank_is_none, help="Override the random seed.")
-@click.option("--learning-rate", "learning_rate", callback=_blank_is_none, help="Override the initial learning rate.")
-@click.option("--model", callback=_blank_is_none, help="Override the model: baseline or final.")
-@click.option("--label-mode", "label_mode", callback=_blank_is_none, help="majority or probability.")
-@click.option("--skip-bad", "skip_bad", callback=_blank_is_none, help="true: skip unreadable images, counting them.")
-@click.option("--max-minutes", "max_minutes", callback=_blank_is_none,
-              help="Stop after the last epoch that fits in this many minutes (0: no limit).")
-@click.option("--lr-schedule", "lr_schedule", callback=_blank_is_none,
-              help="plateau (steps on a plateau), or linear / cosine (decay to ~0 at the end of the epochs or budget).")
-@click.option("--tta", callback=_blank_is_none, help="none, or flip: evaluate and serve the face and its mirror averaged.")
-@click.option("--calibration", callback=_blank_is_none,
-              help="none, or temperature: fit one temperature on validation; the logged model applies it.")
-@click.option(
-    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting, e.g. augmentation.rotation=10."
-)
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
+@TRAINING_OPTIONS
+@EXPERIMENT
 @click.option("--no-cache", is_flag=True, help="Decode the data again even if a cached copy exists.")
-@click.option("--resume", "resume", callback=_latest_is_none, metavar="RUN_ID",
-              help="Continue a killed or failed run from its last finished epoch.")
+@RESUME
 def train(phase, experiment, no_cache, settings, resume, **overrides):
     """Train PHASE (phase1, phase2, or a YAML file) as one MLflow run."""
     # Where each value was given, for the error message: `mlflow run -P epochs=...` arrives as --epochs.
@@ -81,8 +242,6 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
     from fer.checkpoints import ResumeError
     from fer.train import train as run_training  # TensorFlow loads only once the input is known good
 
-    # A polite kill (SIGTERM) ends the run KILLED with its history and checkpoint, like Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         run_training(config, experiment=experiment, use_cache=not no_cache, resume=resume)
     except (DataError, ResumeError, TrackingServerError) as err:
@@ -106,7 +265,7 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
 )
 @click.option("--storage", callback=_unset_is_none, metavar="URL",
               help="Optuna storage (default: optuna.db beside a SQLite tracking store, else in the working folder).")
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name.")
+@EXPERIMENT
 @click.option("--no-cache", is_flag=True, help="Decode the data again even if a cached copy exists.")
 def sweep(sweep_file, name, trials, max_minutes, data, epochs, settings, storage, experiment, no_cache):
     """Search hyperparameters: a parent run with one nested training run per trial (Optuna TPE, pruning).
@@ -128,7 +287,6 @@ def sweep(sweep_file, name, trials, max_minutes, data, epochs, settings, storage
     except (ConfigError, DataError) as err:
         raise click.UsageError(str(err)) from None
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         sweeps.run_sweep(spec, experiment=experiment, storage=storage, use_cache=not no_cache)
     except (DataError, sweeps.SweepError, TrackingServerError) as err:
@@ -146,16 +304,12 @@ def _settings(settings: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @main.command()
-@click.option("--baseline-run", callback=_latest_is_none, default="latest", show_default=True,
+@click.option("--baseline-run", callback=_latest_is_none, default="latest", show_default=True, metavar="RUN_ID",
               help="Phase-1 run id (default: the latest finished phase-1 run).")
-@click.option("--final-run", callback=_latest_is_none, default="latest", show_default=True,
+@click.option("--final-run", callback=_latest_is_none, default="latest", show_default=True, metavar="RUN_ID",
               help="Phase-2 run id (default: the latest finished phase-2 run).")
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment to search.")
+@EXPERIMENT
 def compare(baseline_run, final_run, experiment):
     """Build the baseline-vs-final table and log it to a `compare` run."""
     from fer.compare import CompareError
@@ -170,13 +324,13 @@ def compare(baseline_run, final_run, experiment):
 
 
 @main.command()
-@click.option("--run-id", callback=_latest_is_none, default="best", show_default=True,
+@click.option("--run-id", callback=_latest_is_none, default="best", show_default=True, metavar="RUN_ID",
               help="Training run to register: a run id, 'best' (the finished phase-2 run with the highest "
                    "--metric) or 'latest-compare' (the final run of the latest compare).")
 @click.option("--model-name", default="fer-emotion", show_default=True, help="Registered model name.")
 @click.option("--metric", default="best_val_accuracy", show_default=True, help="Metric the champion gate compares.")
 @click.option("--min-value", type=float, default=0.0, show_default=True, help="The metric must reach at least this.")
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment to search.")
+@EXPERIMENT
 def promote(run_id, model_name, metric, min_value, experiment):
     """Register a run's model as `challenger`; make it `champion` if it beats the current one."""
     from fer.registry import PromotionError
@@ -202,16 +356,16 @@ def diagnose(run_id):
     try:
         configure_tracking(None)
         diagnostics = diagnose_run(run_id)
-        log_diagnostics(diagnostics, run_id=run_id)
+        log_diagnostics(diagnostics)
     except (TrackingServerError, MlflowException, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(diagnostics.to_markdown())
 
 
 @main.command()
-@click.option("--model", "model_uri", required=True, metavar="MODEL_URI",
-              help="The photo model: models:/fer-emotion@champion, runs:/<training run id>/photo_model of a "
-                   "promoted run, or a local model folder.")
+@click.option("--model-uri", "-m", "model_uri", required=True, metavar="MODEL_URI",
+              help="The photo model, as `mlflow models serve -m` takes it: models:/fer-emotion@champion, "
+                   "runs:/<training run id>/photo_model of a promoted run, or a local model folder.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Also write each photo with its faces boxed and labelled to OUT_DIR/<name>.annotated.png.")
@@ -271,9 +425,10 @@ def data():
 
 @data.command()
 @click.argument("path", required=False, default="synthetic")
-@click.option("--label-mode", type=click.Choice([m.value for m in LabelMode]), default="majority", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default="data_inspect.png", show_default=True)
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and malformed rows, counting them.")
+@label_mode_option(default=LabelMode.MAJORITY.value)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="data_inspect.png", show_default=True,
+              help="Where to write the figure of sample faces and the class distribution (PNG).")
+@skip_bad_option(default=False)
 def inspect(path, label_mode, output, skip_bad):
     """Print per-split class counts and imbalance for PATH; write sample faces and the class distribution."""
     from fer import data as fer_data

@@ -99,6 +99,8 @@ class TrainConfig:
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) figures as system/* metrics (fer.system_metrics)
+    system_metrics_interval: float = 10.0  # seconds between two samples of them
     augmentation: Augmentation = Augmentation()
     reduce_lr: ReduceLR = ReduceLR()
     early_stopping: EarlyStopping = EarlyStopping()
@@ -338,6 +340,8 @@ def validate(config: TrainConfig) -> None:
     _require(config.tta in TTA_CHOICES, "tta", f"one of {', '.join(TTA_CHOICES)}", config.tta)
     _require(config.calibration in CALIBRATIONS, "calibration", f"one of {', '.join(CALIBRATIONS)}",
              config.calibration)
+    _require(config.system_metrics_interval > 0, "system_metrics_interval", "a positive number of seconds",
+             config.system_metrics_interval)
     _require(config.checkpoint_upload_every >= 0, "checkpoint_upload_every",
              "0 (upload on failure only) or a number of epochs", config.checkpoint_upload_every)
     try:

@@ -4,8 +4,9 @@
 model, always under alias `challenger`; alias `champion` moves to it only when
 its metric beats the current champion's (read from the champion's own source
 run, so both are measured the same way) and clears a minimum. The decision and
-its numbers go into the version's tags and description. Versions are never
-deleted: every promotion stays auditable.
+its numbers go into the version's tags and description, and the training run's
+evaluation metrics are linked to the registered model, so the version's model
+page shows them. Versions are never deleted: every promotion stays auditable.
 
 The registered model is the photo-capable service model (`fer.photo_service`),
 logged at promotion into the training run itself (a logged model named
@@ -228,10 +229,29 @@ def photo_model_of(client: MlflowClient, source: Run) -> str:
     ]
     if ready:  # promoted before (under another name, say): one photo model per training run
         return max(ready, key=lambda model: model.creation_timestamp).model_id
+    evaluation = evaluation_metrics(client, run_id)
     logged = mlflow.initialize_logged_model(name=PHOTO_MODEL, source_run_id=run_id, experiment_id=experiment_id)
     _log_service_model(run_id, logged.model_id)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    # The training model's evaluation, linked to the photo model too: a registered version shows it.
+    mlflow.log_metrics(evaluation, model_id=logged.model_id, run_id=run_id)
     return logged.model_id
+
+
+def evaluation_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The metrics linked to a training run's logged model (its evaluation), by name.
+
+    A run trained before metrics were linked to its model gives its `eval_*` run metrics.
+
+    Example:
+        evaluation_metrics(MlflowClient(), run_id)["eval_accuracy"]
+    """
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    linked = {metric.key: metric.value for output in outputs
+              for metric in client.get_logged_model(output.model_id).metrics or []}
+    return linked or {key: value for key, value in run.data.metrics.items() if key.startswith("eval_")}
+
 
 
 def _log_service_model(source_run_id: str, model_id: str):

@@ -202,6 +202,7 @@ def log_pyfunc(
     input_example,
     pip_requirements,
     model_id: str | None = None,
+    step: int = 0,
 ) -> ModelInfo:
     """Log a models-from-code pyfunc (`entry_file` beside this module) around a network file; its ModelInfo.
 
@@ -209,7 +210,9 @@ def log_pyfunc(
     engine is ONNX Runtime (`load_engine`). The model carries this whole
     package (`code_paths`), so it loads with nothing of ours installed. It goes
     to the active run, or into the logged model `model_id` when given (one made
-    with `mlflow.initialize_logged_model`).
+    with `mlflow.initialize_logged_model`). It is the
+    run's output at `step`: MLflow links the run's metrics already logged at
+    that step to the model.
     """
     import fer
 
@@ -227,11 +230,12 @@ def log_pyfunc(
         input_example=input_example,
         pip_requirements=pip_requirements,
         model_id=model_id,
+        step=step,
     )
 
 
-def log_emotion_model(network, input_example: np.ndarray, name: str = "model") -> ModelInfo:
-    """Log `network` as the training pyfunc (`EmotionModel`) in the active run; returns MLflow's ModelInfo."""
+def log_emotion_model(network, input_example: np.ndarray, name: str = "model", step: int = 0) -> ModelInfo:
+    """Log `network` as the training pyfunc (`EmotionModel`) in the active run, its output at `step`; its ModelInfo."""
     with tempfile.TemporaryDirectory() as tmp:
         keras_path = Path(tmp) / "model.keras"
         network.save(keras_path)
@@ -242,4 +246,24 @@ def log_emotion_model(network, input_example: np.ndarray, name: str = "model") -
             signature=model_signature(),
             input_example=np.asarray(input_example, dtype=np.float32),
             pip_requirements=requirements(),
+            step=step,
         )
+
+
+def log_model_metrics(metrics: dict[str, float], model_id: str | None) -> None:
+    """Log `metrics` to the active run and, given `model_id`, link them to that logged model.
+
+    Linked metrics show on the model's page in the MLflow UI, in
+    `mlflow.get_logged_model(model_id).metrics`, and with a registered version
+    made from the model (`fer.registry` links the training model's to the one
+    it registers). The run is read afresh (`run_id`), so that MLflow sees the
+    model among the run's outputs whatever its cached view of the active run
+    holds (else it would also list the model among the run's inputs).
+
+    Example:
+        with mlflow.start_run() as run:
+            info = log_emotion_model(network, faces)
+            log_model_metrics({"eval_accuracy": 0.81}, info.model_id)
+    """
+    if metrics:
+        mlflow.log_metrics(metrics, model_id=model_id, run_id=mlflow.active_run().info.run_id)

@@ -9,16 +9,24 @@ Read top to bottom, `train` is the whole story of a run:
    model summary), with the learning rate recorded every epoch, a checkpoint
    after every epoch (see `training_callbacks` for the callbacks and their order);
 5. reports: history (JSON and pickle), history plots, best-performance text;
-6. evaluation: test split (validation where there is none): accuracy,
+6. model: logged with a signature and an input example, ready for the registry;
+7. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report,
-   log-loss, calibration error and a reliability diagram, through the
-   mirror-averaging model when `tta: flip` (plain figures beside it), with the
-   temperature fitted on validation when `calibration: temperature`;
-7. diagnostics: learning-rate steps and their measured effect, the train-validation
+6. model: logged with a signature and an input example, ready for the registry
+   (mirror-averaged when `tta: flip`, temperature-scaled with the temperature
+   fitted on validation when `calibration: temperature`);
+7. evaluation: test split (validation where there is none): accuracy,
+   macro-F1, per-class metrics, confusion matrix, classification report,
+   log-loss, calibration error and a reliability diagram, of what step 6 logged
+   (plain figures beside it with TTA), the metrics linked to that model so
+   they show on its page;
+8. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
-8. model: logged with a signature and an input example, ready for the registry;
 9. the same network as ONNX (`model.onnx`), kept when ONNX Runtime agrees with
    Keras on the evaluated faces; skipped with a logged reason, never a failed run.
+
+System metrics (CPU, memory, GPU; `fer.system_metrics`) are sampled while the
+run is active unless `system_metrics: false`.
 
 Training runs under the tf.distribute strategy of `config.distribute` (see
 `fer.distribute`). In a multi-worker cluster only the chief does all of the
@@ -43,10 +51,11 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import acceleration, calibration, distribute, reports
+from fer import acceleration, calibration, distribute, reports, system_metrics
 from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
     CheckpointUpload,
@@ -68,7 +77,7 @@ from fer.models import build_model, with_flip_averaging, with_temperature
 from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
-from fer.serving import log_emotion_model
+from fer.serving import log_emotion_model, log_model_metrics
 from fer.tracking import (
     RUN_KIND_RESUME,
     RUN_KIND_TRAINING,
@@ -139,7 +148,9 @@ def train(
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
     run_name = None if resume else (run_name or _run_name(config))
     nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id and not resume else {}
-    with mlflow.start_run(run_id=resume, run_name=run_name, tags=None if resume else tags, **nested) as run:
+    run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
+                                   run_id=resume, run_name=run_name, tags=None if resume else tags, **nested)
+    with run:
         run_id = run.info.run_id
         if resume:
             _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
@@ -171,19 +182,20 @@ def train(
             # 5. Reports on the whole history, every sitting of a resumed run included
             best = _log_history(history, config)
 
-            # 6. Evaluation (across workers, of a copy: the other workers are done), with flip TTA when configured
-            # and the probabilities temperature-scaled when `calibration: temperature` (fitted on validation)
+            # 6. The model, ready for pyfunc and the registry (across workers, of a copy: the others are done):
+            # mirror-averaged with flip TTA, temperature-scaled when `calibration: temperature` (fitted on validation)
             network = distribute.for_chief_alone(prepared.model)
             temperature = _fit_temperature(network, prepared, config) if config.calibration == "temperature" else None
-            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta, temperature)
+            served = _served(network, config.tta, temperature)
+            model_info = _log_model(served, prepared.splits.val, best.epochs)
 
-            # 7. The analysis people used to write by hand, from the run's own numbers
+            # 7. Evaluation, with flip TTA when configured; its metrics are the logged model's too
+            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta, temperature,
+                                   model_info.model_id)
+
+            # 8. The analysis people used to write by hand, from the run's own numbers
             diagnostics = diagnose_run(run_id, client)
             log_diagnostics(diagnostics)
-
-            # 8. The model, ready for pyfunc and the registry
-            served = _served(network, config.tta, temperature)
-            _log_model(served, prepared.splits.val)
 
             # 9. What the pyfunc serves, as ONNX, checked against Keras on the evaluated faces
             log_onnx_model(served, getattr(prepared.splits, prepared.splits.eval_split_name).images)
@@ -593,7 +605,12 @@ def _log_temperature_param(value: str) -> None:
 
 
 def _evaluate(
-    network: keras.Model, splits: Splits, batch_size: int, tta: str = "none", temperature: float | None = None
+    network: keras.Model,
+    splits: Splits,
+    batch_size: int,
+    tta: str = "none",
+    temperature: float | None = None,
+    model_id: str | None = None,
 ) -> reports.Evaluation:
     """Evaluate on the test split (validation where there is none) and log it.
 
@@ -603,7 +620,8 @@ def _evaluate(
     two forward passes in all. With a `temperature` they are those of the
     scaled probabilities (what `with_temperature` serves; accuracy and F1 do
     not change), and the unscaled log-loss and ECE go beside them as
-    `eval_uncalibrated_*`. The reliability diagram draws both.
+    `eval_uncalibrated_*`. The reliability diagram draws both. The metrics are
+    the run's and, given `model_id`, also that logged model's (`log_model_metrics`).
     """
     # predict, not evaluate: evaluate would fire autologging's validation hooks
     # and record test numbers under validation names.
@@ -612,19 +630,19 @@ def _evaluate(
     probabilities = _predict(network, split, batch_size)
     if tta == "flip":
         plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
-        mlflow.log_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
-                            f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1})
+        log_model_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
+                           f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1}, model_id)
         mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
         probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
     curves = {}
     if temperature is not None:
         uncalibrated = calibration.reliability(split.labels, probabilities)
-        mlflow.log_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
-                            f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece})
+        log_model_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
+                           f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece}, model_id)
         curves["before temperature scaling"] = uncalibrated
         probabilities = calibration.apply_temperature(probabilities, temperature)
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
-    mlflow.log_metrics(evaluation.metrics(EVAL_PREFIX))
+    log_model_metrics(evaluation.metrics(EVAL_PREFIX), model_id)
     curves["served model" if temperature is None else f"temperature {temperature:.3g}"] = evaluation.reliability
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
     mlflow.log_dict(
@@ -645,5 +663,12 @@ def _predict(network: keras.Model, split: Split, batch_size: int) -> np.ndarray:
     return network.predict(make_dataset(split, batch_size, training=False), verbose=0)
 
 
-def _log_model(model: keras.Model, examples: Split) -> None:
-    log_emotion_model(model, examples.images[:2, ..., np.newaxis].astype(np.float32), name=MODEL_ARTIFACT)
+def _log_model(model: keras.Model, examples: Split, epochs_trained: int) -> ModelInfo:
+    """Log the model as the run's output at the step after its last epoch.
+
+    MLflow links the run's metrics at the model's step to it; at a per-epoch step
+    those would be one epoch's training figures, not the model's. Its own are
+    its evaluation, linked explicitly (`_evaluate`).
+    """
+    faces = examples.images[:2, ..., np.newaxis].astype(np.float32)
+    return log_emotion_model(model, faces, name=MODEL_ARTIFACT, step=epochs_trained)

@@ -14,7 +14,7 @@ FER_PACKAGE = ROOT / "fer"
 BAD = [
     ({"epochs": 0}, "epochs must be a positive whole number; got 0"),
     ({"batch_size": -4}, "batch_size must be a positive whole number; got -4"),
-    ({"label_mode": "soft"}, "label_mode must be one of majority, probability; got 'soft'"),
+    ({"label_mode": "soft"}, "'soft' is not one of 'majority', 'probability'"),  # click's Choice
     ({"data": "/no/such/faces"}, "Data path '/no/such/faces' does not exist"),
 ]
 
@@ -39,7 +39,7 @@ def test_cli_rejects_an_unknown_model(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 2
-    assert "model must be one of baseline, final; got 'resnet'" in result.stderr
+    assert "Invalid value for '--model': 'resnet' is not one of 'baseline', 'final'" in result.stderr
 
 
 @pytest.mark.slow

@@ -67,13 +67,13 @@ def _commands(entry_point: str, parameters: dict, tmp_path) -> tuple[str, str]:
             get_entry_point_command(root, entry_point, parameters, str(tmp_path))[0])
 
 
-@pytest.mark.parametrize("entry_point", ["phase1", "phase2", "sweep", "compare", "promote"])
+@pytest.mark.parametrize("entry_point", ["phase1", "phase2", "main", "sweep", "compare", "promote"])
 def test_mlflow_fills_the_template_into_a_job_that_runs_the_entry_point(entry_point, tmp_path):
     pytest.importorskip("kubernetes", reason="MLflow's Kubernetes backend needs `pip install mlflow[kubernetes]`")
     from mlflow.projects import kubernetes as backend
     from mlflow.projects.utils import load_project
 
-    parameters = {"epochs": "5", "data": "/data/ferplus"} if entry_point.startswith("phase") else {}
+    parameters = {"epochs": "5", "data": "/data/ferplus"} if entry_point in ("phase1", "phase2", "main") else {}
     command, root_command = _commands(entry_point, parameters, tmp_path)
     assert command == root_command
 
@@ -97,8 +97,8 @@ def test_mlflow_fills_the_template_into_a_job_that_runs_the_entry_point(entry_po
     assert argv[:3] == ["python", "-m", "fer.cli"]
     subcommand = cli.main.commands[argv[3]]
     context = subcommand.make_context(argv[3], argv[4:])
-    if entry_point.startswith("phase"):
-        assert context.params["epochs"] == "5" and context.params["data"] == "/data/ferplus"
+    if entry_point in ("phase1", "phase2", "main"):
+        assert context.params["epochs"] == 5 and context.params["data"] == "/data/ferplus"
     if entry_point == "sweep":  # the "none" defaults mean "the sweep file's"
         assert (context.params["trials"], context.params["name"], context.params["data"]) == (20, None, None)
 

@@ -32,7 +32,9 @@ def test_distribution_name_does_not_collide_with_pypi_fer_but_imports_as_fer():
 def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
     mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
     assert mlproject["conda_env"] == "conda.yaml"
-    assert set(mlproject["entry_points"]) == {"phase1", "phase2", "sweep", "compare", "promote"}
+    assert set(mlproject["entry_points"]) == {"phase1", "phase2", "main", "sweep", "compare", "promote"}
+    # `mlflow run .` alone runs main: phase 2, parameters and command alike.
+    assert mlproject["entry_points"]["main"] == mlproject["entry_points"]["phase2"]
     for name in ("phase1", "phase2"):
         params = mlproject["entry_points"][name]["parameters"]
         assert {"data", "epochs", "batch_size", "seed"} <= set(params)

@@ -118,13 +118,15 @@ def test_resuming_restores_the_learning_rate_state(store, monkeypatch):
     np.testing.assert_allclose([m.value for m in history], [1e-3, 1e-3, 2e-4, 2e-4, 4e-5, 4e-5], rtol=1e-5)
 
 
-def test_ctrl_c_ends_the_run_killed_with_history_plots_and_checkpoint(store):
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_run_killed_with_history_plots_and_checkpoint(store, stop, status):
+    """Exit status 128 + the signal, as a shell reports it: an interruption, not a failure (1)."""
     uri, client, env, tmp_path = store
     process = start_training(50, env, tmp_path)
     run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0
+    assert process.returncode == status, output[-2000:]
     assert f"--resume {run_id}" in output
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"

@@ -589,7 +589,7 @@ def test_cli_predict_prints_faces_and_writes_annotated_photos(served, tmp_path):
     photo = tmp_path / "group.png"
     photo.write_bytes(png_bytes(compose_photo()))
     out_dir = tmp_path / "annotated"
-    result = CliRunner().invoke(main, ["predict", "--model", uri, str(photo), "--annotate", str(out_dir)])
+    result = CliRunner().invoke(main, ["predict", "--model-uri", uri, str(photo), "--annotate", str(out_dir)])
     assert result.exit_code == 0, result.output
     face_lines = [line for line in result.output.splitlines() if "box=" in line]
     assert len(face_lines) == 2, result.output
@@ -628,12 +628,12 @@ def test_cli_predict_reports_bad_model_and_bad_file_without_traceback(served, tm
     from fer.cli import main
 
     uri, _, _ = served
-    missing = CliRunner().invoke(main, ["predict", "--model", "models:/no-such-model/1", __file__])
+    missing = CliRunner().invoke(main, ["predict", "--model-uri", "models:/no-such-model/1", __file__])
     assert missing.exit_code == 1 and "Cannot load model models:/no-such-model/1" in missing.output
     assert "Traceback" not in missing.output
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not a png")
-    bad = CliRunner().invoke(main, ["predict", "--model", uri, str(junk)])
+    bad = CliRunner().invoke(main, ["predict", "--model-uri", uri, str(junk)])
     assert bad.exit_code == 1 and f"{junk}: not an image file" in bad.output, bad.output
     assert "1 of 1 images could not be used" in bad.output and "Traceback" not in bad.output
 
@@ -648,7 +648,7 @@ def test_cli_predict_reports_a_bad_photo_and_goes_on_with_the_rest(served, tmp_p
     strip.write_bytes(png_bytes(np.full((1, 3000), 100, np.uint8)))
     junk.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     group.write_bytes(png_bytes(compose_photo()))
-    result = CliRunner().invoke(main, ["predict", "--model", uri, str(strip), str(junk), str(group)])
+    result = CliRunner().invoke(main, ["predict", "--model-uri", uri, str(strip), str(junk), str(group)])
     assert result.exit_code == 1, result.output
     assert f"{strip}\tno face found" in result.output
     assert re.search(f"Error: {re.escape(str(junk))}: (not an image file|the image is corrupt)", result.output)
