@@ -92,10 +92,18 @@ def _options(*decorators):
 # ---------------------------------------------------------------------------
 # Options, each defined once. A training option left out keeps the phase file's value.
 
-DATA = click.option("--data", callback=_blank_is_none, metavar="SOURCE",
-                    help="synthetic[:N] (drawn faces, the default), a FER+ folder, a fer2013.csv or an "
-                         "image-folder tree.")
-EPOCHS = click.option("--epochs", type=int, help="Epochs to train (at most, with early stopping or --max-minutes).")
+class _OptionalInt(click.types.IntParamType):
+    """A whole number, or "none" / "" for "not given" (MLproject's default for an optional value)."""
+
+    def convert(self, value, param, ctx):
+        return None if value in ("", "none", None) else super().convert(value, param, ctx)
+
+
+DATA = click.option("--data", callback=_unset_is_none, metavar="SOURCE",
+                    help="The faces: synthetic[:N] (drawn faces), a FER+ folder, a fer2013.csv or an image-folder "
+                         "tree. Left out: the phase or sweep file's; for export, the data the training run used.")
+EPOCHS = click.option("--epochs", type=_OptionalInt(),
+                      help="Epochs to train (at most, with early stopping or --max-minutes).")
 BATCH_SIZE = click.option("--batch-size", "batch_size", type=int, help="Faces per training step, per replica.")
 SEED = click.option("--seed", type=int, help="Random seed: data split, shuffling, augmentation, initial weights.")
 LEARNING_RATE = click.option("--learning-rate", "learning_rate", type=float, help="Initial learning rate.")
@@ -118,8 +126,17 @@ def skip_bad_option(default: bool | None = None):
                         "stop at the first, naming it.")
 
 
-MAX_MINUTES = click.option("--max-minutes", "max_minutes", type=float,
-                           help="Stop after the last epoch that fits in this many minutes (0: no limit).")
+def output_option(default: str | None):
+    """--output / -o FILE: the file a command writes, `default` where it has one."""
+    return click.option("--output", "-o", type=click.Path(dir_okay=False), default=default, show_default=True,
+                        metavar="FILE", help="The file to write: data inspect's figure of sample faces and classes "
+                                             "(PNG); export's float32 model (default ./fer-<run id>.onnx or .tflite, "
+                                             "the int8 copy beside it).")
+
+
+MAX_MINUTES = click.option("--max-minutes", "max_minutes", type=click.FloatRange(min=0),
+                           help="A time budget in minutes (0: no limit): a training stops after the last epoch "
+                                "that fits, a sweep starts no trial after it and cuts the last to fit.")
 LR_SCHEDULE = click.option("--lr-schedule", "lr_schedule", type=_choice(LR_SCHEDULES),
                            help="plateau (step down when validation loss stalls), or linear / cosine (decay to "
                                 "~0 at the end of the epochs or of --max-minutes).")
@@ -255,14 +272,10 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
                    "again continues the sweep.")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
               help="Trials in all, over every sitting (complete or pruned ones count; default: the file's).")
-@click.option("--max-minutes", "max_minutes", type=click.FloatRange(min=0), default=None,
-              help="This sitting's time budget: no trial starts after it, the last is cut to fit (0: no limit; "
-                   "default: the file's).")
-@click.option("--data", callback=_unset_is_none, help="Every trial's data (default: the file's or the phase's).")
-@click.option("--epochs", callback=_unset_is_none, help="Every trial's number of epochs (default: the file's).")
-@click.option(
-    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any other setting every trial shares."
-)
+@MAX_MINUTES
+@DATA
+@EPOCHS
+@SETTINGS
 @click.option("--storage", callback=_unset_is_none, metavar="URL",
               help="Optuna storage (default: optuna.db beside a SQLite tracking store, else in the working folder).")
 @EXPERIMENT
@@ -390,10 +403,8 @@ def predict(model_uri, images, annotate_dir):
               help="onnx (ONNX Runtime, needs the [onnx] extra) or litert (a .tflite file for TensorFlow Lite).")
 @click.option("--quantize", type=click.Choice(["none", "int8", "int8-dynamic"]), default="none", show_default=True,
               help="Also write an int8 copy: int8 is calibrated on training faces, int8-dynamic needs no calibration.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE",
-              help="The float32 file (default ./fer-<run id>.onnx or .tflite); the int8 one goes beside it.")
-@click.option("--data", callback=_blank_is_none,
-              help="Faces to check and measure on (default: the data the model's training run used).")
+@output_option(default=None)
+@DATA
 @click.option("--calibration-faces", type=click.IntRange(min=1), default=500, show_default=True,
               help="Training faces that calibrate the static int8 quantization.")
 @click.option("--no-log", is_flag=True, help="Do not log the files and figures to the model's run.")
@@ -426,8 +437,7 @@ def data():
 @data.command()
 @click.argument("path", required=False, default="synthetic")
 @label_mode_option(default=LabelMode.MAJORITY.value)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default="data_inspect.png", show_default=True,
-              help="Where to write the figure of sample faces and the class distribution (PNG).")
+@output_option(default="data_inspect.png")
 @skip_bad_option(default=False)
 def inspect(path, label_mode, output, skip_bad):
     """Print per-split class counts and imbalance for PATH; write sample faces and the class distribution."""

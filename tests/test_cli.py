@@ -64,7 +64,12 @@ def readme_parameter_table() -> list[list[str]]:
 def test_every_mlproject_parameter_is_the_cli_option_of_its_name_and_type(entry_point):
     command, pairs = entry_point_options(entry_point)
     parameters = MLPROJECT[entry_point]["parameters"]
-    assert sorted(value for _, value in pairs) == sorted(f"{{{name}}}" for name in parameters)
+    tokens = MLPROJECT[entry_point]["command"].split()
+    # A parameter not after an option is the command's argument of that name (sweep's {sweep_file}).
+    positional = [t for before, t in zip(tokens, tokens[1:]) if t.startswith("{") and not before.startswith("--")]
+    arguments = {p.name for p in command.params if isinstance(p, click.Argument)}
+    assert {value.strip("{}") for value in positional} <= arguments, (positional, arguments)
+    assert sorted([value for _, value in pairs] + positional) == sorted(f"{{{name}}}" for name in parameters)
     for flag, value in pairs:
         name = value.strip("{}")
         assert flag == f"--{name.replace('_', '-')}", (flag, name)
@@ -88,6 +93,9 @@ def test_the_mlproject_defaults_parse_as_the_cli_reads_them(entry_point):
         assert values["learning_rate"] == 0.001 and values["max_minutes"] == 0.0
         assert (values["skip_bad"], values["system_metrics"], values["lr_schedule"]) == (False, True, "plateau")
         assert values["resume"] is None  # "none": start a new run
+    elif entry_point == "sweep":  # "none": the sweep file's
+        assert (values["sweep_file"], values["name"], values["data"], values["epochs"]) == ("sweep", None, None, None)
+        assert values["trials"] == parameters["trials"]["default"] and isinstance(values["trials"], int)
     elif entry_point == "compare":
         assert values["baseline_run"] is None and values["final_run"] is None  # "latest": let compare find them
     else:
