@@ -18,12 +18,14 @@ import signal
 import threading
 
 import click  # importing fer (above any module of it) has already quieted TensorFlow: fer.console
+from click.core import ParameterSource
 
 import fer
 from fer.config import CALIBRATIONS, LR_SCHEDULES, MODELS, TTA_CHOICES, ConfigError, load_config
 from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
+from fer.video import DEFAULT_HALF_LIFE, DEFAULT_MAX_MISSED
 
 # What a shell reports for a job its signal stopped (128 + the signal's number): `mlflow run`,
 # Kubernetes and scripts can tell an interruption from a failure (1) or a bad command line (2).
@@ -375,26 +377,109 @@ def diagnose(run_id):
     click.echo(diagnostics.to_markdown())
 
 
+VIDEO_OPTIONS = ("csv_path", "every", "half_life", "max_missed")
+
+
 @main.command()
 @click.option("--model-uri", "-m", "model_uri", required=True, metavar="MODEL_URI",
               help="The photo model, as `mlflow models serve -m` takes it: models:/fer-emotion@champion, "
-                   "runs:/<training run id>/photo_model of a promoted run, or a local model folder.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), metavar="OUT_DIR",
-              help="Also write each photo with its faces boxed and labelled to OUT_DIR/<name>.annotated.png.")
-def predict(model_uri, images, annotate_dir):
-    """Find the faces in each IMAGE and print one line per face: box, emotion, probabilities."""
-    from fer.predict import PredictError, load_service_model, predict_files
+                   "runs:/<training run id>/photo_model of a promoted run, or a local model folder. For a video, "
+                   "a training run's runs:/<run id>/model works too.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False),
+                metavar="PHOTO... | VIDEO")
+@click.option("--annotate", "annotate", type=click.Path(), metavar="OUT_DIR | OUT.mp4",
+              help="Photos: also write each with its faces boxed and labelled to OUT_DIR/<name>.annotated.png. "
+                   "A video: write a copy with boxes, track ids and emotions (.mp4, .avi or .webm).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help="A video: where the CSV goes (- is standard output).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="A video: process every N-th frame only (faster; the CSV has those frames).")
+@click.option("--half-life", "half_life", type=click.FloatRange(min=0), default=DEFAULT_HALF_LIFE,
+              show_default=True, help="A video: seconds after which a face's past probabilities weigh half "
+                                      "(exponential moving average per face; 0: no smoothing).")
+@click.option("--max-missed", "max_missed", type=click.IntRange(min=0), default=DEFAULT_MAX_MISSED,
+              show_default=True, help="A video: a face unseen for more than N processed frames gets a new id "
+                                      "when it comes back.")
+def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
+    """Find the faces in each PHOTO and print one line per face: box, emotion, probabilities.
+
+    Or, given one VIDEO (.mp4, .avi, .webm, .mkv, .mov, .m4v), follow its faces
+    from frame to frame and write a CSV with a row per face per processed frame:
+    time, frame, face id, box and the 8 emotion probabilities, smoothed over
+    time. Progress goes to standard error.
+    """
+    from fer.faces import FaceDetectorUnavailable
+    from fer.predict import PredictError, is_video_path
+
+    videos = [path for path in files if is_video_path(path)]
+    if videos and len(files) > 1:
+        raise click.UsageError(f"give one video at a time, or only photos; got {len(files)} files, "
+                               f"{len(videos)} of them videos ({', '.join(videos[:3])})")
+    if not videos:
+        given = [name for name in VIDEO_OPTIONS
+                 if click.get_current_context().get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            shown = ", ".join("--" + name.replace("_path", "").replace("_", "-") for name in given)
+            raise click.UsageError(f"{shown}: for a video only, and no video was given")
+    try:
+        if videos:
+            _predict_video(model_uri, videos[0], annotate, csv_path, every, half_life, max_missed)
+        else:
+            _predict_photos(model_uri, files, annotate)
+    except (PredictError, TrackingServerError, FaceDetectorUnavailable) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _predict_photos(model_uri, files, annotate_dir):
+    from fer.predict import load_service_model, predict_files
     from fer.tracking import configure_tracking
 
-    try:
-        configure_tracking()  # models:/ and runs:/ resolve against the project's store
-        model = load_service_model(model_uri)
-    except (PredictError, TrackingServerError) as err:
-        raise click.ClickException(str(err)) from None
-    failed = predict_files(model, images, annotate_dir, click.echo, lambda line: click.echo(line, err=True))
+    if annotate_dir and os.path.isfile(annotate_dir):
+        raise click.BadParameter(f"{annotate_dir} is a file; for photos give a folder", param_hint="--annotate")
+    configure_tracking()  # models:/ and runs:/ resolve against the project's store
+    model = load_service_model(model_uri)
+    failed = predict_files(model, files, annotate_dir, click.echo, lambda line: click.echo(line, err=True))
     if failed:
-        raise click.ClickException(f"{failed} of {len(images)} images could not be used (see above).")
+        raise click.ClickException(f"{failed} of {len(files)} images could not be used (see above).")
+
+
+def _predict_video(model_uri, path, annotate, csv_path, every, half_life, max_missed):
+    from fer.predict import (
+        PredictError, VideoReader, check_annotate_path, load_face_model, predict_video, progress_printer,
+        quiet_video_logs,
+    )
+    from fer.tracking import configure_tracking
+    from fer.video import FaceTracker
+
+    try:
+        tracker = FaceTracker(half_life=half_life, max_missed=max_missed)
+    except ValueError as err:  # click's ranges let inf and nan through
+        raise click.BadParameter(str(err), param_hint="--half-life") from None
+    quiet_video_logs()
+    # The video and the outputs are checked first: a bad file name should not cost a model load.
+    with VideoReader(path) as video:
+        if video.fps_assumed:
+            click.echo(f"{path}: no frame rate in the file; times assume {video.fps:g} frames/s", err=True)
+        if annotate is not None:
+            check_annotate_path(annotate, path)
+        taken = {os.path.realpath(name) for name in (path, annotate) if name}
+        if csv_path != "-" and os.path.realpath(csv_path) in taken:
+            raise click.BadParameter(f"{csv_path} is the video, or the annotated video: give another name",
+                                     param_hint="--csv")
+        try:
+            out = click.open_file(csv_path, "w", encoding="utf-8")
+        except OSError as err:
+            raise PredictError(f"Cannot write the CSV to {csv_path}: {err.strerror or err}") from None
+        with out:
+            configure_tracking()  # models:/ and runs:/ resolve against the project's store
+            classify = load_face_model(model_uri)
+            summary = predict_video(classify, video, out, every=every, tracker=tracker, annotate=annotate,
+                                    progress=progress_printer(path))
+    where = "standard output" if csv_path == "-" else csv_path
+    click.echo(f"{path}: {summary.frames} frames, {summary.processed} processed, {summary.faces} face rows, "
+               f"{summary.tracks} face ids, {summary.seconds:.1f} s; CSV: {where}", err=True)
+    if summary.annotated is not None:
+        click.echo(f"{path}: annotated: {summary.annotated}", err=True)
 
 
 @main.command(name="export")
