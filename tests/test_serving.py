@@ -618,7 +618,7 @@ def test_cli_predict_on_the_readmes_example_photo_finds_its_three_faces(served):
 
     uri, _, _ = served
     photo = README.parent / "examples" / "faces.png"
-    result = CliRunner().invoke(main, ["predict", "--model", uri, str(photo)])
+    result = CliRunner().invoke(main, ["predict", "--model-uri", uri, str(photo)])
     assert result.exit_code == 0, result.output
     assert len([line for line in result.output.splitlines() if "box=" in line]) == 3, result.output
 
