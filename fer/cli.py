@@ -371,7 +371,7 @@ def diagnose(run_id):
     try:
         configure_tracking(None)
         diagnostics = diagnose_run(run_id)
-        log_diagnostics(diagnostics)
+        log_diagnostics(diagnostics, run_id=run_id)
     except (TrackingServerError, MlflowException, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(diagnostics.to_markdown())

@@ -21,7 +21,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -37,6 +36,7 @@ from fer.history import (
     marked_rate_steps,
     read_history,
 )
+from fer.reports import style_epoch_axis
 from fer.tracking import (
     RUN_KIND_COMPARE,
     TAG_EVAL_SPLIT,
@@ -409,14 +409,7 @@ def compare_history_figure(baseline: RunSummary, final: RunSummary) -> Figure:
     longest = max(baseline.epochs, final.epochs)
     for ax, title in zip(axes, ("Validation accuracy", "Validation loss")):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        # Whole epochs only: matplotlib's default puts ticks at 1.0, 1.2, ... on a short run.
-        if longest <= 15:
-            ax.set_xticks(range(1, longest + 1))
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
-        ax.set_xlim(0.5, longest + 0.5)
-        ax.grid(alpha=0.3)
+        style_epoch_axis(ax, longest)  # whole epochs: matplotlib would tick 1.0, 1.2, ... on a short run
         ax.legend()
     fig.suptitle("Baseline vs final (dashed: learning-rate steps)")
     return fig

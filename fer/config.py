@@ -107,14 +107,19 @@ class TrainConfig:
 
     def to_params(self) -> dict[str, Any]:
         """Flat `section.key: value` dict, the form MLflow params take."""
-        return _flatten(dataclasses.asdict(self))
+        return flatten(dataclasses.asdict(self))
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as flat `section.key` names; flat keys pass as they are.
+
+    >>> flatten({"augmentation": {"zoom": 0.1}, "epochs": 3})
+    {'augmentation.zoom': 0.1, 'epochs': 3}
+    """
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -660,7 +660,20 @@ def load_logged_network(model_uri: str, folder: Path) -> LoggedNetwork:
     metadata = Model.load(str(local)) if (local / "MLmodel").is_file() else None
     code = (metadata.flavors.get("python_function", {}).get("model_code_path") or "") if metadata else ""
     entry_file = Path(code).name if Path(code).name.startswith("pyfunc_") else "pyfunc_model.py"
-    return LoggedNetwork(load_network(str(keras_file)), metadata.run_id if metadata else None, entry_file)
+    return LoggedNetwork(load_network(str(keras_file)), _source_run_id(metadata), entry_file)
+
+
+def _source_run_id(metadata) -> str | None:
+    """The run a logged model came from: its MLmodel's run, else (logged into a run afterwards, as the
+    registry's photo model is) its logged model's source run."""
+    import mlflow
+
+    if metadata is None:
+        return None
+    if metadata.run_id:
+        return metadata.run_id
+    model_id = getattr(metadata, "model_id", None)
+    return mlflow.get_logged_model(model_id).source_run_id if model_id else None
 
 
 def measurement_data(client, run_id: str | None, data: str | None):
@@ -721,7 +734,9 @@ def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
 def _measured(name, label, path, probabilities, reference, labels) -> Measured:
     from fer.reports import evaluate_predictions
 
-    evaluation = evaluate_predictions(labels, probabilities, EMOTIONS, "val")
+    # An int8 model's softmax is quantized too: its rows sum to 1 only within about 1 %.
+    normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
+    evaluation = evaluate_predictions(labels, normalised, EMOTIONS, "val")
     parity = measure_parity(reference, probabilities)
     return Measured(name, label, path, evaluation.accuracy, evaluation.macro_f1,
                     1.0 - parity.class_mismatch, parity.max_abs_diff)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Run
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Run
 from mlflow.exceptions import MlflowException
 
 from fer.tracking import (
@@ -82,15 +82,7 @@ class Decision:
 
 def best_finished_run(client: MlflowClient, experiment: str, metric: str, phase: str = "phase2") -> Run:
     """The finished run of `phase` with the highest `metric` in `experiment`."""
-    experiment_obj = client.get_experiment_by_name(experiment)
-    runs = []
-    if experiment_obj:
-        runs = client.search_runs(
-            [experiment_obj.experiment_id],
-            filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
-            order_by=[f"metrics.`{metric}` DESC"],
-            max_results=1,
-        )
+    runs = _first_finished(client, experiment, phase, f"metrics.`{metric}` DESC")
     if not runs or metric not in runs[0].data.metrics:
         raise PromotionError(
             f"No finished {phase} run with metric {metric!r} in experiment {experiment!r} at "
@@ -106,15 +98,7 @@ def final_run_of_latest_compare(client: MlflowClient, experiment: str) -> Run:
     Example:
         run = final_run_of_latest_compare(MlflowClient(), "fer")  # what `fer compare` just compared
     """
-    experiment_obj = client.get_experiment_by_name(experiment)
-    compares = []
-    if experiment_obj:
-        compares = client.search_runs(
-            [experiment_obj.experiment_id],
-            filter_string=f"tags.`{TAG_PHASE}` = 'compare' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+    compares = _first_finished(client, experiment, "compare", "attributes.start_time DESC")
     if not compares:
         raise PromotionError(
             f"No finished compare run in experiment {experiment!r} at {mlflow.get_tracking_uri()}, so there is "
@@ -125,6 +109,19 @@ def final_run_of_latest_compare(client: MlflowClient, experiment: str) -> Run:
     if not final_run_id:
         raise PromotionError(f"Compare run {compares[0].info.run_id} has no tag fer.final_run_id; run compare again.")
     return client.get_run(final_run_id)
+
+
+def _first_finished(client: MlflowClient, experiment: str, phase: str, order_by: str) -> list[Run]:
+    """The first finished run tagged `phase` in `experiment` by `order_by`, as a list of at most one."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
+        order_by=[order_by],
+        max_results=1,
+    )
 
 
 def resolve_source_run(client: MlflowClient, experiment: str, run_id: str | None, metric: str) -> Run:
@@ -234,23 +231,23 @@ def photo_model_of(client: MlflowClient, source: Run) -> str:
     _log_service_model(run_id, logged.model_id)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     # The training model's evaluation, linked to the photo model too: a registered version shows it.
-    mlflow.log_metrics(evaluation, model_id=logged.model_id, run_id=run_id)
+    client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=logged.model_id)
+                                      for m in evaluation])
     return logged.model_id
 
 
-def evaluation_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
-    """The metrics linked to a training run's logged model (its evaluation), by name.
+def evaluation_metrics(client: MlflowClient, run_id: str) -> list[Metric]:
+    """A training run's evaluation metrics (`eval_*`) as it logged them: key, value, timestamp and step.
 
-    A run trained before metrics were linked to its model gives its `eval_*` run metrics.
+    Logged again with a `model_id`, they link to that model without a second value
+    in the run: MLflow keeps one row for a metric with the same key, value, time and step.
 
     Example:
-        evaluation_metrics(MlflowClient(), run_id)["eval_accuracy"]
+        {m.key: m.value for m in evaluation_metrics(MlflowClient(), run_id)}["eval_accuracy"]
     """
     run = client.get_run(run_id)
-    outputs = run.outputs.model_outputs if run.outputs else []
-    linked = {metric.key: metric.value for output in outputs
-              for metric in client.get_logged_model(output.model_id).metrics or []}
-    return linked or {key: value for key, value in run.data.metrics.items() if key.startswith("eval_")}
+    keys = sorted(key for key in run.data.metrics if key.startswith("eval_"))
+    return [client.get_metric_history(run_id, key)[-1] for key in keys]
 
 
 

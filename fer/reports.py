@@ -184,7 +184,8 @@ def _plot_learning_rate(ax, rates: np.ndarray, n_epochs: int) -> None:
     ax.set_ylabel("learning rate (log scale)")
 
 
-def _style_epoch_axis(ax, n_epochs: int) -> None:
+def style_epoch_axis(ax, n_epochs: int) -> None:
+    """Label `ax`'s x axis in whole epochs 1..n_epochs, with half an epoch of margin and a light grid."""
     ax.set_xlabel("epoch")
     if n_epochs <= 15:
         # Every epoch labelled; MaxNLocator would put ticks at 0.6, 1.2 for one epoch.
@@ -240,12 +241,12 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
         ax.legend(
             loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=9, frameon=False
         )
-        _style_epoch_axis(ax, n_epochs)
+        style_epoch_axis(ax, n_epochs)
     if rates is not None:
         ax = axes[-1]
         _plot_learning_rate(ax, rates, n_epochs)
         _mark_lr_steps(ax, steps, annotate=True)
-        _style_epoch_axis(ax, n_epochs)
+        style_epoch_axis(ax, n_epochs)
     if title:
         fig.suptitle(title, fontsize=13)
 

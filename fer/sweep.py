@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fer.config import EXPERIMENTS_DIR, ConfigError, TrainConfig, _read_yaml, load_config
+from fer.config import EXPERIMENTS_DIR, ConfigError, TrainConfig, _read_yaml, flatten, load_config
 from fer.tracking import (
     DEFAULT_EXPERIMENT,
     RUN_KIND_SWEEP,
@@ -227,7 +227,7 @@ def load_sweep(
             math.isfinite(budget_minutes) and budget_minutes >= 0):
         raise ConfigError(f"{path}: max_minutes must be 0 (no limit) or a positive number; got {budget_minutes!r}.")
 
-    shared = {**_flat(_section(values, "settings", path)), **(settings or {})}
+    shared = {**flatten(_section(values, "settings", path)), **(settings or {})}
     phase = str(values.get("phase", "phase2"))
     where = f"settings in {path}" if not settings else f"settings in {path} or the command line"
     # The shared settings alone must make a valid configuration; kept as typed values ("1e-4" and 0.0001 are one).
@@ -259,17 +259,6 @@ def _section(values: dict, key: str, path: Path) -> dict:
         raise ConfigError(f"{path}: {key} must be a mapping (`name: value` lines indented under it); "
                           f"got {section!r:.80}.")
     return section
-
-
-def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
-    """{"augmentation": {"zoom": 0.1}} -> {"augmentation.zoom": 0.1}; flat keys pass as they are."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _only(section: dict, allowed: tuple, what: str, path: Path) -> None:

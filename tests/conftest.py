@@ -171,3 +171,32 @@ def assert_same_splits(a, b) -> None:
         np.testing.assert_array_equal(left.targets, right.targets, err_msg=name)
     assert (a.source, a.location, a.label_mode, a.dropped, a.bad) == (b.source, b.location, b.label_mode, b.dropped,
                                                                      b.bad)
+
+
+@contextlib.contextmanager
+def active_store(folder: Path):
+    """A SQLite tracking store in `folder`, active (MLFLOW_TRACKING_URI too) inside the block; its URI."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    saved_uri, saved_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch):
+    """`fer.train.train` called in this process, into a SQLite store (and data cache) in tmp_path; its client."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    yield MlflowClient(uri)
+    mlflow.set_tracking_uri(None)

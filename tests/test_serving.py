@@ -31,7 +31,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import free_port, stop_process_group
+from conftest import active_store, free_port, stop_process_group
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
@@ -190,16 +190,8 @@ def test_no_face_in_plain_noise():
 def store(tmp_path_factory):
     """A temporary SQLite tracking store, active for this module (MLFLOW_TRACKING_URI too)."""
     folder = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    saved_uri, saved_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri, folder
-    mlflow.set_tracking_uri(saved_uri)
-    if saved_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    with active_store(folder) as uri:
+        yield uri, folder
 
 
 @pytest.fixture(scope="module")

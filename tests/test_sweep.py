@@ -41,15 +41,9 @@ def write_sweep(folder: Path, name: str = "tiny", **entries) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(in_process):
     """A SQLite tracking store (and data cache) in tmp_path, used in this process; its client."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
+    return in_process
 
 
 def children(client: MlflowClient, parent):

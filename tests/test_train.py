@@ -11,7 +11,6 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import TRAINED_EPOCHS, mlflow_run
@@ -136,18 +135,6 @@ def test_logged_model_reloads_and_predicts_like_the_keras_model(store, tmp_path)
     network = keras.saving.load_model(next(local.rglob("*.keras")), compile=False)
     faces = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
     np.testing.assert_allclose(pyfunc.predict(faces), network.predict(faces, verbose=0), rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture
-def in_process(tmp_path, monkeypatch):
-    """`fer.train.train` called in this process, into a SQLite store (and data cache) in tmp_path; its client."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
 
 
 def train_phase1(settings: dict, experiment: str) -> str:

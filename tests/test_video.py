@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 
 import cv2
 import mlflow
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from conftest import active_store
 
 from fer import faces as fer_faces
 from fer import video
@@ -405,21 +405,13 @@ def store(tmp_path_factory):
     from fer.models import build_model
 
     folder = tmp_path_factory.mktemp("video-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    saved_uri, saved_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    keras.utils.set_random_seed(0)
-    network = build_model("baseline")
-    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    faces, labels = make_faces(200, seed=1)
-    network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
-    yield folder, network
-    mlflow.set_tracking_uri(saved_uri)
-    if saved_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    with active_store(folder):
+        keras.utils.set_random_seed(0)
+        network = build_model("baseline")
+        network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        faces, labels = make_faces(200, seed=1)
+        network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
+        yield folder, network
 
 
 def network_rows(network, path, every: int = 1) -> dict[int, list[tuple[tuple, np.ndarray]]]:
