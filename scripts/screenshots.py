@@ -79,6 +79,7 @@ def take_screenshots(folder: Path, out: Path) -> None:
     with mlflow_ui(tracking_uri, folder) as base, chromium() as browser:
         without_assistant(browser)
         page = browser.new_page()
+        choose_model_training(page, base)
         page.goto(runs_url(base, experiment_id))
         wait_for_texts(page, names)
         save(page, out / "runs.png")
@@ -94,7 +95,7 @@ def take_screenshots(folder: Path, out: Path) -> None:
         page.get_by_role("checkbox", name="Select all runs").check()
         page.get_by_role("button", name="Compare", exact=True).click()
         wait_for_texts(page, ["config.model"])
-        page.get_by_text("Show diff only", exact=True).click()  # the params that differ between the phases
+        page.get_by_text("Show diff only", exact=True).first.click()  # the parameters that differ between the phases
         page.get_by_text("Parameters", exact=True).first.evaluate("heading => heading.scrollIntoView()")
         save(page, out / "compare.png")
 
@@ -147,6 +148,16 @@ def without_assistant(browser) -> None:
         "window.localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
         "window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
     )
+
+
+def choose_model_training(page, base: str) -> None:
+    """Set the sidebar's GenAI | Model training switch to Model training, as the README says to do once.
+
+    The browser remembers it; a link's workflowType=machine_learning lasts only until the
+    next page that the UI opens itself (the compare page, say).
+    """
+    page.goto(f"{base}/")
+    page.get_by_text("Model training", exact=True).first.click()
 
 
 def filter_charts(page, pattern: str) -> None:
