@@ -54,11 +54,13 @@ class BrowserUnavailable(RuntimeError):
 
 
 def chromium_path() -> str:
-    """The Chromium to drive: $FER_CHROMIUM, else Debian's /usr/bin/chromium, else `chromium` on PATH.
+    """The Chromium to drive: $FER_CHROMIUM when set (only that one), else Debian's /usr/bin/chromium,
+    else `chromium` on PATH.
 
     Raises BrowserUnavailable (with the install command) when there is none.
     """
-    candidates = [os.environ.get("FER_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")]
+    chosen = os.environ.get("FER_CHROMIUM")
+    candidates = [chosen] if chosen else ["/usr/bin/chromium", shutil.which("chromium")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -122,6 +124,11 @@ def chromium(width: int = 1280, height: int = 800):
 
 def _query(**params: str | None) -> str:
     return urllib.parse.urlencode({key: value for key, value in params.items() if value is not None})
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's page in Model training mode, which the UI opens on its runs (GenAI mode: on traces)."""
+    return f"{base}/#/experiments/{experiment_id}?{_query(workflowType=MODEL_TRAINING)}"
 
 
 def runs_url(base: str, experiment_id: str, chart: bool = False, search_filter: str | None = None) -> str:

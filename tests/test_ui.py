@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from mlflow_ui import BrowserUnavailable, chromium, chromium_path, mlflow_ui, runs_url  # noqa: E402
+from mlflow_ui import BrowserUnavailable, chromium, chromium_path, experiment_url, mlflow_ui  # noqa: E402
 
 
 def _missing_browser() -> str | None:
@@ -35,11 +35,12 @@ def test_the_readme_link_shows_both_training_runs_and_compare_opens_their_params
     names = [runs[phase].info.run_name for phase in ("phase1", "phase2")]
     with mlflow_ui(uri, folder) as base, chromium() as browser:
         page = browser.new_page()
-        # A fresh profile is in GenAI mode: only the link's workflowType=machine_learning shows the runs.
-        page.goto(runs_url(base, experiment_id))
+        # A fresh profile is in GenAI mode, which opens an experiment on its traces overview;
+        # in Model training mode (workflowType=machine_learning) it opens on the runs.
+        page.goto(experiment_url(base, experiment_id))
+        page.wait_for_url(f"**/experiments/{experiment_id}/runs?**")
         for name in names:
             page.get_by_text(name, exact=True).first.wait_for(state="visible")
-        assert page.get_by_text("Model training", exact=True).is_visible()
 
         # The README: tick the runs, press Compare, read their parameters side by side.
         page.get_by_role("checkbox", name="Select all runs").check()
