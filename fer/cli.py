@@ -140,10 +140,12 @@ MAX_MINUTES = click.option("--max-minutes", "max_minutes", type=click.FloatRange
                            help="A time budget in minutes (0: no limit): a training stops after the last epoch "
                                 "that fits, a sweep starts no trial after it and cuts the last to fit.")
 LR_SCHEDULE = click.option("--lr-schedule", "lr_schedule", type=_choice(LR_SCHEDULES),
-                           help="plateau (step down when validation loss stalls), or linear / cosine (decay to "
-                                "~0 at the end of the epochs or of --max-minutes).")
+                           help="plateau (step down when validation loss stalls), linear / cosine (decay to ~0 at "
+                                "the end of the epochs or of --max-minutes), or auto: linear with --max-minutes, "
+                                "else plateau.")
 TTA = click.option("--tta", type=_choice(TTA_CHOICES),
-                   help="none, or flip: evaluate and serve the mean of the face's and its mirror's predictions.")
+                   help="none, flip (evaluate and serve the mean of the face's and its mirror's predictions), or "
+                        "auto: flip with --max-minutes, else none.")
 CALIBRATION = click.option("--calibration", type=_choice(CALIBRATIONS),
                            help="none, or temperature: fit one temperature on validation; the logged model applies it.")
 SYSTEM_METRICS = _switch("--system-metrics", default=None,

@@ -25,8 +25,11 @@ PHASES = ("phase1", "phase2")
 MODELS = ("baseline", "final")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
-LR_SCHEDULES = ("plateau", "linear", "cosine")
-TTA_CHOICES = ("none", "flip")
+# "auto": the budgeted recipe when the run has a time budget (max_minutes), the seed's otherwise
+# (`resolve_auto`); a run's logged config holds what it resolved to.
+AUTO = "auto"
+LR_SCHEDULES = (AUTO, "plateau", "linear", "cosine")
+TTA_CHOICES = (AUTO, "none", "flip")
 CALIBRATIONS = ("none", "temperature")
 # What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
 # for schedules keyed on the rate itself (and for tests that force a step).
@@ -91,10 +94,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.distribute)
     max_minutes: float = 0.0  # stop after the last epoch that fits in this many minutes; 0: no limit
-    lr_schedule: str = "plateau"  # plateau (reduce_lr below) | linear | cosine (see fer.schedules)
+    lr_schedule: str = "plateau"  # auto | plateau (reduce_lr below) | linear | cosine (see fer.schedules)
     warmup_epochs: float = 0.0  # linear / cosine: the rate rises to learning_rate over this many epochs
     final_lr_fraction: float = 0.01  # linear / cosine: the last step's rate, as a fraction of learning_rate
-    tta: str = "none"  # none | flip: evaluate and serve the mean of the face's and its mirror's predictions
+    tta: str = "none"  # auto | none | flip: evaluate and serve the mean of the face's and its mirror's predictions
     calibration: str = "none"  # none | temperature: fit one temperature on validation, serve scaled (fer.calibration)
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
@@ -237,11 +240,34 @@ def from_dict(values: dict, origin: str = "configuration", key_origins: dict[str
     config = _build(TrainConfig, kwargs, "", where)
     try:
         validate(config)
+        config = resolve_auto(config)
     except ConfigError as err:
         if err.key is None:
             raise
         raise ConfigError(f"{err} ({where(err.key)})", key=err.key) from None
     return config
+
+
+def resolve_auto(config: TrainConfig) -> TrainConfig:
+    """`config` with its "auto" settings decided by whether it has a time budget (`max_minutes` > 0).
+
+    With a budget, the budgeted recipe measured on FER+ (BENCHMARKS.md, "Toward a
+    budgeted recipe"): `lr_schedule` linear (decay to its floor when the budget
+    ends, after `warmup_epochs`) and `tta` flip. Without one, the seed notebook's:
+    plateau and none. Settings given explicitly are kept.
+
+    >>> resolve_auto(TrainConfig(lr_schedule="auto", tta="auto", max_minutes=60)).lr_schedule
+    'linear'
+    >>> resolve_auto(TrainConfig(lr_schedule="auto", tta="auto")).tta
+    'none'
+    """
+    budgeted = config.max_minutes > 0
+    decided = {}
+    if config.lr_schedule == AUTO:
+        decided["lr_schedule"] = "linear" if budgeted else "plateau"
+    if config.tta == AUTO:
+        decided["tta"] = "flip" if budgeted else "none"
+    return dataclasses.replace(config, **decided)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,7 +91,7 @@ def test_the_mlproject_defaults_parse_as_the_cli_reads_them(entry_point):
         assert values["phase"] == ("phase1" if entry_point == "phase1" else "phase2")
         assert values["epochs"] == parameters["epochs"]["default"] and isinstance(values["epochs"], int)
         assert values["learning_rate"] == 0.001 and values["max_minutes"] == 0.0
-        assert (values["skip_bad"], values["system_metrics"], values["lr_schedule"]) == (False, True, "plateau")
+        assert (values["skip_bad"], values["system_metrics"], values["lr_schedule"]) == (False, True, "auto")
         assert values["resume"] is None  # "none": start a new run
     elif entry_point == "sweep":  # "none": the sweep file's
         assert (values["sweep_file"], values["name"], values["data"], values["epochs"]) == ("sweep", None, None, None)
@@ -179,8 +179,8 @@ def test_readme_parameter_table_lists_every_training_parameter_with_its_option_v
     [
         (["train", "phase1", "--epochs", "abc"], "'abc' is not a valid integer"),
         (["train", "phase1", "--learning-rate", "fast"], "'fast' is not a valid float"),
-        (["train", "phase1", "--lr-schedule", "step"], "'step' is not one of 'plateau', 'linear', 'cosine'"),
-        (["train", "phase1", "--tta", "rotate"], "'rotate' is not one of 'none', 'flip'"),
+        (["train", "phase1", "--lr-schedule", "step"], "'step' is not one of 'auto', 'plateau', 'linear', 'cosine'"),
+        (["train", "phase1", "--tta", "rotate"], "'rotate' is not one of 'auto', 'none', 'flip'"),
         (["train", "phase1", "--skip-bad", "maybe"], "'maybe' is not true or false"),
         (["data", "inspect", "--skip-bad", "faces/"], "--skip-bad alone means true"),
         (["predict", "--model", "models:/fer-emotion@champion", __file__],

@@ -182,3 +182,15 @@ def test_cli_rejects_a_hostile_phase_file_before_loading_tensorflow(tmp_path):
     assert result.stdout.strip() == "exit 2 False", result.stderr
     assert "Error: augmentation must be a section" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_time_budget_gives_the_budgeted_recipe_and_no_budget_the_seeds():
+    """lr_schedule and tta "auto" (the phase files' default): linear decay and flip TTA under max_minutes."""
+    for phase in ("phase1", "phase2"):
+        budgeted = load_config(phase, {"max_minutes": "60"})
+        assert (budgeted.lr_schedule, budgeted.tta, budgeted.warmup_epochs) == ("linear", "flip", 0.5)
+        unbudgeted = load_config(phase)
+        assert (unbudgeted.lr_schedule, unbudgeted.tta) == ("plateau", "none")
+    chosen = load_config("phase2", {"max_minutes": "60", "lr_schedule": "cosine", "tta": "none"})
+    assert (chosen.lr_schedule, chosen.tta) == ("cosine", "none")  # what is given is kept
+    assert load_config("phase2", {"max_minutes": "60"}).to_params()["lr_schedule"] == "linear"  # logged as resolved
