@@ -209,4 +209,4 @@ def test_diagnose_command_writes_the_analysis_to_a_run(trained_store, tmp_path, 
     assert result.exit_code == 0, result.output
     assert "Overfitting" in result.output
     local = Path(client.download_artifacts(run_id, "diagnostics.md", str(tmp_path)))
-    assert local.read_text().strip() == result.output.strip()
+    assert local.read_text().strip() == result.stdout.strip()  # stderr may hold download progress
