@@ -21,7 +21,7 @@ import click  # importing fer (above any module of it) has already quieted Tenso
 from click.core import ParameterSource
 
 import fer
-from fer.config import CALIBRATIONS, LR_SCHEDULES, MODELS, TTA_CHOICES, ConfigError, load_config
+from fer.config import CALIBRATIONS, LOGIT_ADJUSTMENTS, LR_SCHEDULES, MODELS, TTA_CHOICES, ConfigError, load_config
 from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
@@ -146,6 +146,9 @@ LR_SCHEDULE = click.option("--lr-schedule", "lr_schedule", type=_choice(LR_SCHED
 TTA = click.option("--tta", type=_choice(TTA_CHOICES),
                    help="none, flip (evaluate and serve the mean of the face's and its mirror's predictions), or "
                         "auto: flip with --max-minutes, else none.")
+LOGIT_ADJUSTMENT = click.option("--logit-adjustment", "logit_adjustment", type=_choice(LOGIT_ADJUSTMENTS),
+                                help="none, fit (after training, fit on validation how far to favour rare classes; "
+                                     "the logged model applies it), or auto: fit with --max-minutes, else none.")
 CALIBRATION = click.option("--calibration", type=_choice(CALIBRATIONS),
                            help="none, or temperature: fit one temperature on validation; the logged model applies it.")
 SYSTEM_METRICS = _switch("--system-metrics", default=None,
@@ -160,7 +163,8 @@ EXPERIMENT = click.option("--experiment", default=DEFAULT_EXPERIMENT, show_defau
 
 # The MLproject training parameters and the other settings a training command takes.
 TRAINING_OPTIONS = _options(DATA, EPOCHS, BATCH_SIZE, SEED, LEARNING_RATE, ARCHITECTURE, label_mode_option(),
-                            skip_bad_option(), MAX_MINUTES, LR_SCHEDULE, TTA, CALIBRATION, SYSTEM_METRICS,
+                            skip_bad_option(), MAX_MINUTES, LR_SCHEDULE, TTA, LOGIT_ADJUSTMENT,
+                            CALIBRATION, SYSTEM_METRICS,
                             SETTINGS)
 
 

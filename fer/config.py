@@ -31,6 +31,7 @@ AUTO = "auto"
 LR_SCHEDULES = (AUTO, "plateau", "linear", "cosine")
 TTA_CHOICES = (AUTO, "none", "flip")
 CALIBRATIONS = ("none", "temperature")
+LOGIT_ADJUSTMENTS = (AUTO, "none", "fit")
 # What ReduceLROnPlateau and EarlyStopping may watch. learning_rate is there
 # for schedules keyed on the rate itself (and for tests that force a step).
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy", "learning_rate")
@@ -99,6 +100,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.01  # linear / cosine: the last step's rate, as a fraction of learning_rate
     tta: str = "none"  # auto | none | flip: evaluate and serve the mean of the face's and its mirror's predictions
     calibration: str = "none"  # none | temperature: fit one temperature on validation, serve scaled (fer.calibration)
+    logit_adjustment: str = "none"  # auto | none | fit: fit tau on validation, serve prior-adjusted (fer.logit_adjustment)
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
@@ -253,8 +255,9 @@ def resolve_auto(config: TrainConfig) -> TrainConfig:
 
     With a budget, the budgeted recipe measured on FER+ (BENCHMARKS.md, "Toward a
     budgeted recipe"): `lr_schedule` linear (decay to its floor when the budget
-    ends, after `warmup_epochs`) and `tta` flip. Without one, the seed notebook's:
-    plateau and none. Settings given explicitly are kept.
+    ends, after `warmup_epochs`), `tta` flip and `logit_adjustment` fit (rare classes
+    recalled after training). Without one, the seed notebook's: plateau, none, none.
+    Settings given explicitly are kept.
 
     >>> resolve_auto(TrainConfig(lr_schedule="auto", tta="auto", max_minutes=60)).lr_schedule
     'linear'
@@ -267,6 +270,8 @@ def resolve_auto(config: TrainConfig) -> TrainConfig:
         decided["lr_schedule"] = "linear" if budgeted else "plateau"
     if config.tta == AUTO:
         decided["tta"] = "flip" if budgeted else "none"
+    if config.logit_adjustment == AUTO:
+        decided["logit_adjustment"] = "fit" if budgeted else "none"
     return dataclasses.replace(config, **decided)
 
 
@@ -369,6 +374,8 @@ def validate(config: TrainConfig) -> None:
              f"a number of epochs from 0 to epochs ({config.epochs})", config.warmup_epochs)
     _require(0 <= config.final_lr_fraction < 1, "final_lr_fraction", "a fraction in [0, 1)", config.final_lr_fraction)
     _require(config.tta in TTA_CHOICES, "tta", f"one of {', '.join(TTA_CHOICES)}", config.tta)
+    _require(config.logit_adjustment in LOGIT_ADJUSTMENTS, "logit_adjustment",
+             f"one of {', '.join(LOGIT_ADJUSTMENTS)}", config.logit_adjustment)
     _require(config.calibration in CALIBRATIONS, "calibration", f"one of {', '.join(CALIBRATIONS)}",
              config.calibration)
     _require(config.system_metrics_interval > 0, "system_metrics_interval", "a positive number of seconds",

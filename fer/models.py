@@ -155,6 +155,44 @@ def with_temperature(network: keras.Model, temperature: float) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{network.name}_calibrated")
 
 
+@keras.saving.register_keras_serializable(package="fer")
+class LogitAdjustment(layers.Layer):
+    """Shifts probabilities to softmax(ln p + offsets): logit adjustment by the class prior.
+
+    `offsets` are ``-tau * ln prior`` per class (`fer.logit_adjustment.offsets`);
+    the same floor as `fer.logit_adjustment.adjust` keeps ln 0 finite, so both
+    give the same numbers.
+    """
+
+    def __init__(self, offsets, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.offsets = [float(value) for value in offsets]
+
+    def call(self, probabilities):
+        log_p = keras.ops.log(keras.ops.maximum(probabilities, PROBABILITY_FLOOR))
+        return keras.ops.softmax(log_p + keras.ops.convert_to_tensor(self.offsets, dtype=self.dtype), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "offsets": self.offsets}
+
+
+def with_logit_adjustment(network: keras.Model, offsets) -> keras.Model:
+    """`network` wrapped to serve prior-adjusted probabilities (`fer.logit_adjustment.fit_tau` finds tau).
+
+    Like `with_temperature`: the same weights and input, N x 8 probabilities
+    out, so serving is unchanged. A saved wrapper loads wherever `fer.models`
+    is imported (it registers `LogitAdjustment`).
+
+    Example:
+        adjusted = with_logit_adjustment(build_model("final"), offsets(prior, 0.4))
+        probabilities = adjusted.predict(faces)  # == fer.logit_adjustment.adjust(net(faces), prior, 0.4)
+    """
+    inputs = keras.Input(shape=network.input_shape[1:], name="face")
+    outputs = LogitAdjustment(offsets, name="logit_adjustment")(network(inputs))
+    return keras.Model(inputs, outputs, name=f"{network.name}_adjusted")
+
+
 def build_model(name: str) -> keras.Model:
     """The model called `name` ("baseline" or "final")."""
     if name not in BUILDERS:

@@ -13,12 +13,13 @@ Read top to bottom, `train` is the whole story of a run:
 7. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report,
 6. model: logged with a signature and an input example, ready for the registry
-   (mirror-averaged when `tta: flip`, temperature-scaled with the temperature
-   fitted on validation when `calibration: temperature`);
+   (mirror-averaged when `tta: flip`, prior-adjusted with the tau fitted on
+   validation when `logit_adjustment: fit`, temperature-scaled with the
+   temperature fitted on validation when `calibration: temperature`);
 7. evaluation: test split (validation where there is none): accuracy,
    macro-F1, per-class metrics, confusion matrix, classification report,
    log-loss, calibration error and a reliability diagram, of what step 6 logged
-   (plain figures beside it with TTA), the metrics linked to that model so
+   (plain and unadjusted figures beside it), the metrics linked to that model so
    they show on its page;
 8. diagnostics: learning-rate steps and their measured effect, the train-validation
    gap, overfitting onset, stability, convergence, the weakest classes;
@@ -55,7 +56,7 @@ from mlflow.models.model import ModelInfo
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer import data as fer_data
-from fer import acceleration, calibration, distribute, reports, system_metrics
+from fer import acceleration, calibration, distribute, logit_adjustment, reports, system_metrics
 from fer.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.checkpoints import (
     CheckpointUpload,
@@ -73,7 +74,7 @@ from fer.config import TrainConfig
 from fer.data.splits import EMOTIONS, Split, Splits
 from fer.diagnostics import diagnose_run, log_diagnostics
 from fer.export import log_onnx_model
-from fer.models import build_model, with_flip_averaging, with_temperature
+from fer.models import build_model, with_flip_averaging, with_logit_adjustment, with_temperature
 from fer.outbox import kept_until_logged
 from fer.pipeline import batches_per_epoch, make_dataset
 from fer.schedules import BudgetedDecay
@@ -94,6 +95,7 @@ from fer.tracking import (
 
 MODEL_ARTIFACT = "model"
 TEMPERATURE_PARAM = "calibration.temperature"
+TAU_PARAM = "logit_adjustment.tau"
 EVAL_PREFIX = "eval"
 
 
@@ -183,15 +185,19 @@ def train(
             best = _log_history(history, config)
 
             # 6. The model, ready for pyfunc and the registry (across workers, of a copy: the others are done):
-            # mirror-averaged with flip TTA, temperature-scaled when `calibration: temperature` (fitted on validation)
+            # mirror-averaged with flip TTA, then prior-adjusted and temperature-scaled as configured
+            # (both fitted on validation, in that order)
             network = distribute.for_chief_alone(prepared.model)
-            temperature = _fit_temperature(network, prepared, config) if config.calibration == "temperature" else None
-            served = _served(network, config.tta, temperature)
+            post = PostProcessing(tta=config.tta)
+            if config.logit_adjustment == "fit":
+                post = dataclasses.replace(post, offsets=_fit_logit_adjustment(network, prepared, post))
+            if config.calibration == "temperature":
+                post = dataclasses.replace(post, temperature=_fit_temperature(network, prepared, post))
+            served = post.wrap(network)
             model_info = _log_model(served, prepared.splits.val, best.epochs)
 
-            # 7. Evaluation, with flip TTA when configured; its metrics are the logged model's too
-            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, config.tta, temperature,
-                                   model_info.model_id)
+            # 7. Evaluation of what was logged; its metrics are the logged model's too
+            evaluation = _evaluate(network, prepared.splits, prepared.batch_size, post, model_info.model_id)
 
             # 8. The analysis people used to write by hand, from the run's own numbers
             diagnostics = diagnose_run(run_id, client)
@@ -565,23 +571,63 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
     return best
 
 
-def _served(network: keras.Model, tta: str, temperature: float | None) -> keras.Model:
-    """The network as the run logs and serves it: mirror-averaged with tta "flip", then temperature-scaled."""
-    served = with_flip_averaging(network) if tta == "flip" else network
-    return served if temperature is None else with_temperature(served, temperature)
+@dataclasses.dataclass(frozen=True)
+class PostProcessing:
+    """What the logged model does to the network's probabilities, in this order.
+
+    tta "flip": the mean of the face's and its mirror's; `offsets`: logit
+    adjustment (`fer.logit_adjustment`); `temperature`: temperature scaling
+    (`fer.calibration`). None: that step is left out.
+    """
+
+    tta: str = "none"
+    offsets: np.ndarray | None = None
+    temperature: float | None = None
+
+    def wrap(self, network: keras.Model) -> keras.Model:
+        """`network` as the run logs and serves it."""
+        served = with_flip_averaging(network) if self.tta == "flip" else network
+        served = served if self.offsets is None else with_logit_adjustment(served, self.offsets)
+        return served if self.temperature is None else with_temperature(served, self.temperature)
 
 
-def _fit_temperature(network: keras.Model, prepared: Prepared, config: TrainConfig) -> float:
-    """Fit the temperature on the validation split's (TTA-averaged) predictions and log it.
+def _fit_logit_adjustment(network: keras.Model, prepared: Prepared, post: PostProcessing) -> np.ndarray:
+    """Fit tau on the validation split's (TTA-averaged) predictions, log it; the offsets the model adds.
+
+    Param and metric `logit_adjustment.tau` / `logit_adjustment_tau`, and the
+    validation accuracy and macro-F1 before and after (`logit_adjustment_val_*`),
+    the latter being what the fit maximised.
+    """
+    val = prepared.splits.val
+    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
+    prior = logit_adjustment.class_prior(prepared.splits.train.targets)
+    tau = logit_adjustment.fit_tau(val.labels, probabilities, prior)
+    before = reports.evaluate_predictions(val.labels, probabilities, EMOTIONS, "val")
+    after = reports.evaluate_predictions(val.labels, logit_adjustment.adjust(probabilities, prior, tau), EMOTIONS, "val")
+    _log_fitted_param(TAU_PARAM, f"{tau:g}")
+    mlflow.log_metrics({
+        "logit_adjustment_tau": tau,
+        "logit_adjustment_val_accuracy_before": before.accuracy,
+        "logit_adjustment_val_accuracy_after": after.accuracy,
+        "logit_adjustment_val_macro_f1_before": before.macro_f1,
+        "logit_adjustment_val_macro_f1_after": after.macro_f1,
+    })
+    print(f"Logit adjustment: tau {tau:g}, fitted on {len(val)} validation faces "
+          f"(macro-F1 {before.macro_f1:.4f} -> {after.macro_f1:.4f}, accuracy {before.accuracy:.4f} -> {after.accuracy:.4f})")
+    return logit_adjustment.offsets(prior, tau)
+
+
+def _fit_temperature(network: keras.Model, prepared: Prepared, post: PostProcessing) -> float:
+    """Fit the temperature on the validation split's predictions (TTA-averaged, prior-adjusted) and log it.
 
     Param and metric `calibration.temperature` / `calibration_temperature`, and the
     validation log-loss and ECE before and after (`calibration_val_*`), which the fit minimised.
     """
     val = prepared.splits.val
-    probabilities = _predict(_served(network, config.tta, None), val, prepared.batch_size)
+    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
     temperature = calibration.fit_temperature(val.labels, probabilities)
     scaled = calibration.apply_temperature(probabilities, temperature)
-    _log_temperature_param(f"{temperature:.6g}")
+    _log_fitted_param(TEMPERATURE_PARAM, f"{temperature:.6g}")
     mlflow.log_metrics({
         "calibration_temperature": temperature,
         "calibration_val_log_loss_before": calibration.log_loss(val.labels, probabilities),
@@ -593,57 +639,60 @@ def _fit_temperature(network: keras.Model, prepared: Prepared, config: TrainConf
     return temperature
 
 
-def _log_temperature_param(value: str) -> None:
+def _log_fitted_param(name: str, value: str) -> None:
     try:
-        mlflow.log_param(TEMPERATURE_PARAM, value, synchronous=True)  # so that a conflict raises here
+        mlflow.log_param(name, value, synchronous=True)  # so that a conflict raises here
     except MlflowException as err:
         # A resumed run refits on its checkpoint's weights, and a param cannot change: the
-        # metric calibration_temperature holds the latest value, this tag the one the model applies.
+        # metric holds the latest value, this tag the one the model applies.
         if err.error_code != "INVALID_PARAMETER_VALUE":
             raise
-        mlflow.set_tag(f"fer.{TEMPERATURE_PARAM}_refitted", value)
+        mlflow.set_tag(f"fer.{name}_refitted", value)
 
 
 def _evaluate(
     network: keras.Model,
     splits: Splits,
     batch_size: int,
-    tta: str = "none",
-    temperature: float | None = None,
+    post: PostProcessing = PostProcessing(),
     model_id: str | None = None,
 ) -> reports.Evaluation:
-    """Evaluate on the test split (validation where there is none) and log it.
+    """Evaluate on the test split (validation where there is none) what `post.wrap(network)` serves, and log it.
 
     With tta "flip" the logged figures are those of the mean of each face's and
     its mirror's probabilities (what `with_flip_averaging` serves), and the
     plain network's accuracy and macro-F1 go beside them as `eval_no_tta_*`:
-    two forward passes in all. With a `temperature` they are those of the
-    scaled probabilities (what `with_temperature` serves; accuracy and F1 do
-    not change), and the unscaled log-loss and ECE go beside them as
-    `eval_uncalibrated_*`. The reliability diagram draws both. The metrics are
-    the run's and, given `model_id`, also that logged model's (`log_model_metrics`).
+    two forward passes in all. With logit-adjustment offsets, the figures are
+    those of the adjusted probabilities, and the unadjusted accuracy and
+    macro-F1 go beside them as `eval_unadjusted_*`. With a temperature they
+    are those of the scaled probabilities (accuracy and F1 do not change), and
+    the unscaled log-loss and ECE go beside them as `eval_uncalibrated_*`. The
+    reliability diagram draws both. The metrics are the run's and, given
+    `model_id`, also that logged model's (`log_model_metrics`).
     """
     # predict, not evaluate: evaluate would fire autologging's validation hooks
     # and record test numbers under validation names.
     split_name = splits.eval_split_name
     split = getattr(splits, split_name)
     probabilities = _predict(network, split, batch_size)
-    if tta == "flip":
-        plain = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
-        log_model_metrics({f"{EVAL_PREFIX}_no_tta_accuracy": plain.accuracy,
-                           f"{EVAL_PREFIX}_no_tta_macro_f1": plain.macro_f1}, model_id)
+    if post.tta == "flip":
+        _log_beside(split, probabilities, "no_tta", model_id)
         mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
         probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
+    if post.offsets is not None:
+        _log_beside(split, probabilities, "unadjusted", model_id)
+        probabilities = logit_adjustment.adjust(probabilities, np.exp(-post.offsets), 1.0)
     curves = {}
-    if temperature is not None:
+    if post.temperature is not None:
         uncalibrated = calibration.reliability(split.labels, probabilities)
         log_model_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
                            f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece}, model_id)
         curves["before temperature scaling"] = uncalibrated
-        probabilities = calibration.apply_temperature(probabilities, temperature)
+        probabilities = calibration.apply_temperature(probabilities, post.temperature)
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     log_model_metrics(evaluation.metrics(EVAL_PREFIX), model_id)
-    curves["served model" if temperature is None else f"temperature {temperature:.3g}"] = evaluation.reliability
+    curves["served model" if post.temperature is None else f"temperature {post.temperature:.3g}"] = \
+        evaluation.reliability
     mlflow.log_text(evaluation.report_text, "classification_report.txt")
     mlflow.log_dict(
         {"split": split_name, "labels": list(EMOTIONS), "counts": evaluation.confusion.tolist()},
@@ -657,6 +706,13 @@ def _evaluate(
         path = reports.plot_reliability_diagram(curves, Path(tmp) / "reliability_diagram.png", title)
         mlflow.log_artifact(str(path), artifact_path="plots")
     return evaluation
+
+
+def _log_beside(split: Split, probabilities: np.ndarray, label: str, model_id: str | None) -> None:
+    """Accuracy and macro-F1 of `probabilities` before a post-processing step, as `eval_<label>_*`."""
+    before = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, "before")
+    log_model_metrics({f"{EVAL_PREFIX}_{label}_accuracy": before.accuracy,
+                       f"{EVAL_PREFIX}_{label}_macro_f1": before.macro_f1}, model_id)
 
 
 def _predict(network: keras.Model, split: Split, batch_size: int) -> np.ndarray:

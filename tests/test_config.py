@@ -189,8 +189,9 @@ def test_a_time_budget_gives_the_budgeted_recipe_and_no_budget_the_seeds():
     for phase in ("phase1", "phase2"):
         budgeted = load_config(phase, {"max_minutes": "60"})
         assert (budgeted.lr_schedule, budgeted.tta, budgeted.warmup_epochs) == ("linear", "flip", 0.5)
+        assert budgeted.logit_adjustment == "fit"
         unbudgeted = load_config(phase)
-        assert (unbudgeted.lr_schedule, unbudgeted.tta) == ("plateau", "none")
+        assert (unbudgeted.lr_schedule, unbudgeted.tta, unbudgeted.logit_adjustment) == ("plateau", "none", "none")
     chosen = load_config("phase2", {"max_minutes": "60", "lr_schedule": "cosine", "tta": "none"})
     assert (chosen.lr_schedule, chosen.tta) == ("cosine", "none")  # what is given is kept
     assert load_config("phase2", {"max_minutes": "60"}).to_params()["lr_schedule"] == "linear"  # logged as resolved

@@ -83,11 +83,14 @@ def trained():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tta", [False, True], ids=["plain", "flip-tta"])
+@pytest.mark.parametrize("tta", [False, True, "all"], ids=["plain", "flip-tta", "tta-adjusted-calibrated"])
 def test_onnx_runtime_gives_the_keras_probabilities(trained, tmp_path, tta):
-    from fer.models import with_flip_averaging
+    from fer.logit_adjustment import offsets
+    from fer.models import with_flip_averaging, with_logit_adjustment, with_temperature
 
     network = with_flip_averaging(trained) if tta else trained
+    if tta == "all":  # every step a run may put after the network
+        network = with_temperature(with_logit_adjustment(network, offsets(np.linspace(0.3, 0.01, 8), 0.5)), 1.4)
     path = export_network(network, tmp_path / "model.onnx")
     x, _ = faces(300, seed=2)  # more than one forward chunk of 256: any batch size runs
     parity = measure_parity(forward(network, x), forward(OnnxRuntimeNetwork(path), x))

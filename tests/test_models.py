@@ -109,6 +109,27 @@ def test_temperature_scaling_serves_the_scaled_probabilities_of_a_flip_network_a
     assert loaded.get_layer("temperature").temperature == 2.5
 
 
+def test_logit_adjustment_serves_the_adjusted_probabilities_of_a_flip_network_and_survives_saving(tmp_path):
+    from fer.logit_adjustment import adjust, offsets
+    from fer.models import with_flip_averaging, with_logit_adjustment
+    from fer.serving import load_network
+
+    keras.utils.set_random_seed(0)
+    network = with_flip_averaging(build_model("baseline"))
+    faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
+    prior = np.array([0.3, 0.25, 0.15, 0.12, 0.1, 0.04, 0.03, 0.01])
+    plain = network.predict_on_batch(faces)
+    expected = adjust(plain, prior, 0.8)
+    assert np.abs(expected - plain).max() > 1e-3  # the test means something: the prior moves the probabilities
+    adjusted = with_logit_adjustment(network, offsets(prior, 0.8))
+    np.testing.assert_allclose(adjusted.predict_on_batch(faces), expected, atol=1e-6)
+    assert adjusted.count_params() == network.count_params()  # no weights of its own
+
+    adjusted.save(tmp_path / "adjusted.keras")
+    loaded = load_network(str(tmp_path / "adjusted.keras"))
+    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-6)
+
+
 def test_a_temperature_layer_refuses_a_temperature_that_is_not_above_zero():
     from fer.models import TemperatureScaling
 

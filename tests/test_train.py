@@ -228,14 +228,54 @@ def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_mode
     assert metrics["eval_accuracy"] == pytest.approx(np.mean(raw.argmax(axis=1) == test.labels), abs=1e-9)
 
 
+def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_model(in_process, tmp_path):
+    """logit_adjustment=fit after flip TTA: tau fitted on validation (param, metrics before/after), eval_* are
+    the adjusted probabilities' (unadjusted beside them), and the served model returns the adjusted ones."""
+    from fer import data as fer_data
+    from fer.logit_adjustment import adjust, class_prior, fit_tau
+
+    run_id = train_phase1({"data": "synthetic:96", "epochs": 2, "tta": "flip", "logit_adjustment": "fit"},
+                          "logit-adjustment")
+    run = in_process.get_run(run_id)
+    metrics, params = run.data.metrics, run.data.params
+    tau = metrics["logit_adjustment_tau"]
+    assert params["config.logit_adjustment"] == "fit" and float(params["logit_adjustment.tau"]) == tau
+    assert metrics["logit_adjustment_val_macro_f1_after"] >= metrics["logit_adjustment_val_macro_f1_before"]
+
+    splits = fer_data.load("synthetic:96", seed=42)
+    prior = class_prior(splits.train.targets)
+
+    def faces(split, mirror=False):
+        images = split.images[:, :, ::-1] if mirror else split.images
+        return images[..., np.newaxis].astype(np.float32)
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
+    from fer.serving import load_network
+
+    network = load_network(str(next(model_dir.rglob("*.keras"))))
+    while inner := [layer for layer in network.layers if isinstance(layer, keras.Model)]:
+        network = inner[0]  # the trained network, inside the flip average, inside the adjustment
+
+    def tta(split):
+        return (network.predict(faces(split), verbose=0) + network.predict(faces(split, mirror=True), verbose=0)) / 2
+
+    assert tau == fit_tau(splits.val.labels, tta(splits.val), prior)
+    test = splits.test
+    unadjusted = tta(test)
+    served_probabilities = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(faces(test))
+    np.testing.assert_allclose(served_probabilities, adjust(unadjusted, prior, tau), atol=1e-5)
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(served_probabilities.argmax(1) == test.labels), abs=1e-9)
+    assert metrics["eval_unadjusted_accuracy"] == pytest.approx(np.mean(unadjusted.argmax(1) == test.labels), abs=1e-9)
+
+
 def test_a_refitted_temperature_on_resume_goes_to_a_tag_since_a_param_cannot_change(in_process):
-    from fer.train import TEMPERATURE_PARAM, _log_temperature_param
+    from fer.train import TEMPERATURE_PARAM, _log_fitted_param
 
     mlflow.set_experiment("refit")
     with mlflow.start_run() as run:
-        _log_temperature_param("1.5")
-        _log_temperature_param("1.5")  # the same value again: nothing to say
-        _log_temperature_param("2.25")  # a resumed sitting refitted on other weights
+        _log_fitted_param(TEMPERATURE_PARAM, "1.5")
+        _log_fitted_param(TEMPERATURE_PARAM, "1.5")  # the same value again: nothing to say
+        _log_fitted_param(TEMPERATURE_PARAM, "2.25")  # a resumed sitting refitted on other weights
     data = in_process.get_run(run.info.run_id).data
     assert data.params[TEMPERATURE_PARAM] == "1.5"
     assert data.tags[f"fer.{TEMPERATURE_PARAM}_refitted"] == "2.25"
