@@ -7,7 +7,12 @@ says there is no GPU to use). Its level is read once, from the environment, when
 TensorFlow loads; so `quiet_native_logging` runs when the `fer` package is
 imported (the CLI, ``python -m fer.cli``, and a served model, whose entry file
 imports `fer`), before anything imports TensorFlow. Python-side warnings and
-errors, ours and TensorFlow's, are not touched.
+errors, ours and TensorFlow's, are not touched, but for one: TensorFlow's
+"N out of the last N calls to <function ...> triggered tf.function retracing",
+which a run prints at its end because each of its wrappers of the network
+(flip averaging, logit adjustment, temperature) and the plain network traces
+its own predict function once, as it must; the note is for code that retraces
+in a loop.
 
 To see the native lines: ``FER_VERBOSE=1`` in the environment, or
 ``fer --verbose <command>``. A value the user set for a variable below is
@@ -19,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -34,10 +40,22 @@ def verbose_requested() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
+class _DropRetracingNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_RETRACING_FILTER = _DropRetracingNotes()
+
+
 def quiet_native_logging() -> None:
-    """Set TensorFlow's native log level to quiet, unless FER_VERBOSE is set or the user chose a level."""
+    """Set TensorFlow's native log level to quiet, unless FER_VERBOSE is set or the user chose a level.
+
+    Also drops TensorFlow's Python-side retracing note (see the module's docstring).
+    """
     if verbose_requested():
         return
+    logging.getLogger("tensorflow").addFilter(_RETRACING_FILTER)  # the same object twice is added once
     for name, value in QUIET_ENV.items():
         if name not in os.environ:
             os.environ[name] = value
@@ -50,6 +68,7 @@ def allow_native_logging() -> bool:
     Returns False when TensorFlow was already imported: its level is fixed then.
     """
     os.environ[VERBOSE_ENV] = "1"  # processes started from here (mlflow's) keep the choice
+    logging.getLogger("tensorflow").removeFilter(_RETRACING_FILTER)
     for name in _set_here:
         os.environ.pop(name, None)
     _set_here.clear()
