@@ -509,7 +509,8 @@ class Diagnostics:
         lines = [
             "# Diagnostics",
             "",
-            f"Computed from the run's own histories ({self.epochs} epochs, numbered from 1), configuration and "
+            f"Computed from the run's own histories ({self.epochs} epochs, numbered from 1: epoch N is step N-1 in "
+            "MLflow's charts), configuration and "
             "evaluation. Changes within the run's epoch-to-epoch noise are not claimed as effects.",
         ]
         for heading, statements in self.sections():
@@ -524,7 +525,7 @@ class Diagnostics:
         lr_line = ("Learning-rate steps: " + "; ".join(step.short() for step in steps) if steps
                    else sections["Learning-rate steps"][0])
         lines = [
-            f"Diagnostics ({self.epochs} epochs, numbered from 1):",
+            f"Diagnostics ({self.epochs} epochs, numbered from 1: epoch N is step N-1 in MLflow's charts):",
             sections["Convergence"][0],
             sections["Overfitting onset"][0],
             sections["Train-validation gap"][1],

@@ -517,7 +517,7 @@ def test_statements_summary_and_markdown_agree():
                  confusion_matrix())
     assert d.statements() == [s for _, lines in d.sections() for s in lines]
     summary = d.summary()
-    assert summary.startswith("Diagnostics (16 epochs, numbered from 1):")
+    assert summary.startswith("Diagnostics (16 epochs, numbered from 1: epoch N is step N-1 in MLflow's charts):")
     assert "epoch 11 (1e-3 -> 2e-4): followed by a" in summary
     assert len(summary.splitlines()) <= 8
 
