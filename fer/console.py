@@ -15,7 +15,10 @@ while they load comes before that level applies (tensorflow/tensorflow#100442):
 twice, whatever ``TF_CPP_MIN_LOG_LEVEL`` says. So the first import of
 TensorFlow also runs with file descriptor 2 captured, and the level is applied
 to those lines by hand (`native_line_severity`); every other line, Python-side
-warnings and errors included, ours and TensorFlow's, is written on unchanged.
+warnings and errors included, ours and TensorFlow's, is written on unchanged
+once TensorFlow has loaded. A process that dies while TensorFlow loads (a CPU
+without the instructions it was built for, say) loses what was captured: run
+it again with ``FER_VERBOSE=1`` to see why.
 
 To see the native lines: ``FER_VERBOSE=1`` in the environment, or
 ``fer --verbose <command>``. A value the user set for a variable below is
