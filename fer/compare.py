@@ -43,6 +43,7 @@ from fer.tracking import (
     TAG_PHASE,
     TAG_RUN_KIND,
     TAG_STOPPED_BY,
+    TAG_SWEEP_TRIAL,
     configure_tracking,
     experiment_in_use,
 )
@@ -124,19 +125,35 @@ class Row:
 
 
 def latest_finished_run(client: MlflowClient, experiment_ids: list[str], phase: str) -> Run | None:
-    runs = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    """The latest finished run of `phase`, sweep trials left out, or None.
+
+    A sweep's trials are phase runs too, often on a smaller data set and fewer epochs; the
+    latest of them is rarely the run a user means by "the latest phase 2" (compare one by id).
+
+    Example:
+        run = latest_finished_run(MlflowClient(), ["1"], "phase2")
+    """
+    page_token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=100,
+            page_token=page_token,
+        )
+        for run in page:
+            if TAG_SWEEP_TRIAL not in run.data.tags:
+                return run
+        page_token = page.token
+        if not page_token:
+            return None
 
 
 def resolve_runs(
     client: MlflowClient, experiment: str, baseline_run_id: str | None, final_run_id: str | None
 ) -> tuple[Run, Run]:
-    """The runs given by id, else the latest finished phase-1 / phase-2 runs in `experiment`."""
+    """The runs given by id, else the latest finished phase-1 / phase-2 runs in `experiment` (not sweep trials)."""
     found = {}
     experiment_obj = client.get_experiment_by_name(experiment)
     for phase, run_id in (("phase1", baseline_run_id), ("phase2", final_run_id)):
@@ -147,7 +164,8 @@ def resolve_runs(
         if run is None:
             command = PHASE_COMMANDS[phase].format(experiment=experiment)
             raise CompareError(
-                f"No finished {phase} run in experiment {experiment!r} at {mlflow.get_tracking_uri()}. "
+                f"No finished {phase} run in experiment {experiment!r} at {mlflow.get_tracking_uri()} "
+                f"(sweep trials are left out: name one with --{'baseline' if phase == 'phase1' else 'final'}-run). "
                 f"Train one first: {command}"
             )
         found[phase] = run

@@ -2,12 +2,25 @@
 
 TensorFlow's C++ side logs as it loads, before any Python code of ours can
 filter it: CPU-instruction notes, oneDNN notes and, on a machine without a
-GPU, ``E0000 ... failed call to cuInit: ... CUDA error`` (an "error" that only
-says there is no GPU to use). Its level is read once, from the environment, when
-TensorFlow loads; so `quiet_native_logging` runs when the `fer` package is
-imported (the CLI, ``python -m fer.cli``, and a served model, whose entry file
-imports `fer`), before anything imports TensorFlow. Python-side warnings and
-errors, ours and TensorFlow's, are not touched, but for one: TensorFlow's
+GPU, ``E0000 ... failed call to cuInit: ... CUDA error`` or ``Could not find
+cuda drivers on your machine`` (which only say there is no GPU to use). Its
+level is read once, from the environment, when TensorFlow loads; so
+`quiet_native_logging` runs when the `fer` package is imported (the CLI,
+``python -m fer.cli``, and a served model, whose entry file imports `fer`),
+before anything imports TensorFlow.
+
+TensorFlow 2.19 and later log through absl, and what its native libraries log
+while they load comes before that level applies (tensorflow/tensorflow#100442):
+``WARNING: All log messages before absl::InitializeLog() ...`` and INFO lines,
+twice, whatever ``TF_CPP_MIN_LOG_LEVEL`` says. So the first import of
+TensorFlow also runs with file descriptor 2 captured, and the level is applied
+to those lines by hand (`native_line_severity`); every other line, Python-side
+warnings and errors included, ours and TensorFlow's, is written on unchanged
+once TensorFlow has loaded. A process that dies while TensorFlow loads (a CPU
+without the instructions it was built for, say) loses what was captured: run
+it again with ``FER_VERBOSE=1`` to see why.
+
+Of Python-side warnings one is dropped: TensorFlow's
 "N out of the last N calls to <function ...> triggered tf.function retracing",
 which a run prints at its end because each of its wrappers of the network
 (flip averaging, logit adjustment, temperature) and the plain network traces
@@ -24,15 +37,30 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 
 VERBOSE_ENV = "FER_VERBOSE"
 # TF_CPP_MIN_LOG_LEVEL 3: C++ messages below FATAL are dropped (the cuInit line is an ERROR).
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 _set_here: set[str] = set()
+
+# absl / glog lines ("I0000 00:00:1796160958.665223    1895 port.cc:153] ...": before absl is initialized
+# the date is 0000 and the seconds count from 1970) and TensorFlow's older
+# own format ("2025-09-17 14:44:05.157831: I external/.../cudart_stub.cc:32] ...").
+_NATIVE_LINE = re.compile(
+    r"^(?:(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tsl>[IWEF]) \S+:\d+\])"
+)
+_ABSL_NOT_INITIALIZED = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 
 
 def verbose_requested() -> bool:
@@ -46,12 +74,126 @@ class _DropRetracingNotes(logging.Filter):
 
 
 _RETRACING_FILTER = _DropRetracingNotes()
+def native_line_severity(line: str) -> int | None:
+    """The severity of a line of TensorFlow's native logging (0 INFO ... 3 FATAL), None for any other line.
+
+    absl's note that it is not initialized yet counts as INFO: it only announces the lines after it.
+
+    Example:
+        >>> native_line_severity("I0000 00:00:1796160958.665223    1895 cudart_stub.cc:31] Could not find cuda drivers")
+        0
+        >>> native_line_severity("UserWarning: something Python said") is None
+        True
+    """
+    if line.rstrip("\r\n") == _ABSL_NOT_INITIALIZED:
+        return 0
+    match = _NATIVE_LINE.match(line)
+    if match is None:
+        return None
+    return _SEVERITY[match.group("absl") or match.group("tsl")]
+
+
+def _min_log_level() -> int:
+    """TF_CPP_MIN_LOG_LEVEL as TensorFlow reads it: a number 0-3, 0 when unset or not a number."""
+    try:
+        return min(max(int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")), 0), 3)
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Run the block with file descriptor 2 captured; then write on every line but native ones below the level.
+
+    The level is TF_CPP_MIN_LOG_LEVEL's when the block ends. Where descriptor 2 cannot be
+    duplicated (closed, say) the block runs unfiltered.
+
+    Example:
+        >>> with native_stderr_filtered():
+        ...     import tensorflow  # doctest: +SKIP
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            level = _min_log_level()
+            kept = [line for line in text.splitlines(keepends=True)
+                    if (severity := native_line_severity(line)) is None or severity >= level]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _QuietFirstImport(importlib.abc.MetaPathFinder):
+    """Finds MODULE with the finders after it, and has that spec load under `native_stderr_filtered`.
+
+    It leaves `sys.meta_path` when MODULE is loaded, not when it is found: libraries ask
+    `importlib.util.find_spec("tensorflow")` only to learn whether it is installed.
+    """
+
+    def __init__(self, module: str):
+        self.module = module
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.module:
+            return None
+        for finder in list(sys.meta_path):
+            if isinstance(finder, _QuietFirstImport) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        load = loader.exec_module
+        module_name = self.module
+
+        def exec_module(module):
+            uninstall_quiet_import(module_name)  # once: later imports find it in sys.modules
+            with native_stderr_filtered():
+                load(module)
+
+        loader.exec_module = exec_module  # this spec's own loader object: nothing else sees the change
+        return spec
+
+
+def install_quiet_import(module: str = "tensorflow") -> None:
+    """Have the first import of MODULE run under `native_stderr_filtered` (nothing when it is loaded already).
+
+    Example:
+        >>> install_quiet_import("tensorflow")  # then: import tensorflow  (quiet at TF_CPP_MIN_LOG_LEVEL=3)
+    """
+    if module in sys.modules or any(isinstance(f, _QuietFirstImport) and f.module == module for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietFirstImport(module))
+
+
+def uninstall_quiet_import(module: str = "tensorflow") -> None:
+    """Undo `install_quiet_import` for MODULE."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _QuietFirstImport) and f.module == module)]
 
 
 def quiet_native_logging() -> None:
     """Set TensorFlow's native log level to quiet, unless FER_VERBOSE is set or the user chose a level.
 
     Also drops TensorFlow's Python-side retracing note (see the module's docstring).
+    The level then also applies to what TensorFlow's libraries log while they load (`install_quiet_import`).
     """
     if verbose_requested():
         return
@@ -60,6 +202,7 @@ def quiet_native_logging() -> None:
         if name not in os.environ:
             os.environ[name] = value
             _set_here.add(name)
+    install_quiet_import("tensorflow")
 
 
 def allow_native_logging() -> bool:
@@ -69,6 +212,7 @@ def allow_native_logging() -> bool:
     """
     os.environ[VERBOSE_ENV] = "1"  # processes started from here (mlflow's) keep the choice
     logging.getLogger("tensorflow").removeFilter(_RETRACING_FILTER)
+    uninstall_quiet_import("tensorflow")
     for name in _set_here:
         os.environ.pop(name, None)
     _set_here.clear()

@@ -516,8 +516,9 @@ def export_model(
             `calibration_faces` of its training split, measurement its
             validation split.
         log: log the files (under export/) and the figures (metrics export_*)
-            to the model's run: the training run, or for a registered version
-            the promote run that logged it.
+            to the model's run: the training run (for a registered version, its
+            source run, which is the training run since promote logs the photo
+            model there).
         pyfunc: also log, in that run, a pyfunc of the same kind that runs the
             float32 ONNX file in ONNX Runtime (`log_onnx_engine_pyfunc`).
 

@@ -42,6 +42,7 @@ from fer.tracking import (
     DEFAULT_EXPERIMENT,
     RUN_KIND_SWEEP,
     TAG_RUN_KIND,
+    TAG_SWEEP_TRIAL,
     RunStopped,
     configure_tracking,
     experiment_in_use,
@@ -65,7 +66,7 @@ DEFAULT_SWEEP = "sweep"  # experiments/sweep.yaml
 
 TAG_SWEEP = "fer.sweep"  # the sweep's name, on the parent and on every trial
 TAG_ROLE = "fer.sweep_role"  # parent | trial
-TAG_TRIAL = "fer.sweep_trial"  # the trial's number (0-based, as Optuna counts)
+TAG_TRIAL = TAG_SWEEP_TRIAL  # the trial's number (0-based, as Optuna counts)
 TAG_TRIAL_STATE = "fer.sweep_trial_state"  # COMPLETE | PRUNED | FAIL
 TAG_BEST_RUN = "fer.sweep_best_run_id"
 TAG_BEST_TRIAL = "fer.sweep_best_trial"

@@ -23,6 +23,7 @@ TAG_DATA_SOURCE = "fer.data_source"
 TAG_LABEL_MODE = "fer.label_mode"
 TAG_EVAL_SPLIT = "fer.eval_split"
 TAG_STOPPED_BY = "fer.stopped_by"  # time_limit | early_stopping | epochs | pruned
+TAG_SWEEP_TRIAL = "fer.sweep_trial"  # on a sweep's trial: its number (fer.sweep); "latest" in compare skips trials
 # What a run is: one filter in the MLflow UI (`tags.fer.run_kind = 'training'`) shows
 # only trainings, without the compare and promote runs beside them in every chart.
 TAG_RUN_KIND = "fer.run_kind"

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import run_or_fail
 from fer.cli import main
-from fer.compare import RunSummary, comparison_rows
+from fer.compare import CompareError, RunSummary, comparison_rows, resolve_runs
 from fer.history import OVERFIT_BANDS, STABILITY_BANDS, band
 
 
@@ -145,6 +146,32 @@ def test_missing_phase_says_which_command_to_run(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "No finished phase1 run in experiment 'empty'" in result.output
     assert "mlflow run . -e phase1" in result.output and "Traceback" not in result.output
+
+
+def test_latest_leaves_sweep_trials_out(tmp_path):
+    # What a user has after `fer sweep` and then phase 1 and phase 2: the trials are phase-2 runs too.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("fer")
+
+    def finished_run(phase: str, start: int, **tags) -> str:
+        run = client.create_run(experiment_id, start_time=start, tags={"fer.phase": phase, **tags})
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=start + 1)
+        return run.info.run_id
+
+    baseline = finished_run("phase1", 1000)
+    final = finished_run("phase2", 2000)
+    finished_run("phase2", 3000, **{"fer.sweep": "demo", "fer.sweep_trial": "0"})
+    found = resolve_runs(client, "fer", None, None)
+    assert [run.info.run_id for run in found] == [baseline, final]
+
+    trial_only = client.create_experiment("only-trials")
+    run = client.create_run(trial_only, tags={"fer.phase": "phase2", "fer.sweep_trial": "0"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    finished = client.create_run(trial_only, tags={"fer.phase": "phase1"})
+    client.set_terminated(finished.info.run_id, "FINISHED")
+    with pytest.raises(CompareError, match="sweep trials are left out: name one with --final-run"):
+        resolve_runs(client, "only-trials", None, None)
+    assert resolve_runs(client, "only-trials", None, run.info.run_id)[1].info.run_id == run.info.run_id
 
 
 @pytest.mark.slow

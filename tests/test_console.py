@@ -10,9 +10,11 @@ from conftest import ROOT
 from fer import console
 
 # What a CPU-only machine printed on every command before: TensorFlow's failed GPU probe
-# (`E0000 ... failed call to cuInit: INTERNAL: CUDA error`) and MLflow's yellow warning.
-# And TensorFlow's retracing note, printed at the end of a run whose wrappers each traced once.
-NOISE = ("cuInit", "E0000", "Add type hints to the `predict` method", "\x1b[", "retracing")
+# (`E0000 ... failed call to cuInit: INTERNAL: CUDA error`; TensorFlow 2.21: absl's note and
+# `I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine`, twice) and MLflow's yellow warning.
+NOISE = ("cuInit", "E0000", "I0000", "absl::InitializeLog", "Could not find cuda drivers",
+         "Add type hints to the `predict` method", "\x1b[",
+         "retracing")  # and the retracing note of a run whose wrappers each traced once
 
 
 def fer_process(args, tmp_path, **extra_env) -> subprocess.CompletedProcess:
@@ -72,6 +74,68 @@ def test_a_fresh_process_has_the_quiet_level_before_tensorflow_loads(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.split() == ["3", "False"], result.stderr
+
+
+# As TensorFlow 2.21 wrote them on a CPU-only machine, whatever TF_CPP_MIN_LOG_LEVEL said.
+ABSL_NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+ONEDNN = ("I0000 00:00:1796160958.665223    1895 port.cc:153] oneDNN custom operations are on. You may see "
+          "slightly different numerical results due to floating-point round-off errors.")
+NO_CUDA = "I0000 00:00:1796160958.666244    1895 cudart_stub.cc:31] Could not find cuda drivers on your machine."
+CUINIT = "E0000 00:00:1796160958.7    1895 cuda_executor.cc:1] failed call to cuInit: INTERNAL: CUDA error"
+FATAL = "F0000 00:00:1796160958.8    1895 main.cc:1] a fatal one"
+OLD_FORMAT = "2025-09-17 14:44:05.157831: W external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] no GPU"
+
+
+def test_native_lines_are_told_from_everything_else():
+    assert [console.native_line_severity(line) for line in (ABSL_NOTE, ONEDNN, NO_CUDA, CUINIT, FATAL, OLD_FORMAT)] \
+        == [0, 0, 0, 2, 3, 1]
+    for other in ("UserWarning: I0000 in a message", "Traceback (most recent call last):", "Epoch 1/4",
+                  "2026/12/01 21:36:05 INFO mlflow.system_metrics: Started", ""):
+        assert console.native_line_severity(other) is None, other
+
+
+def noisy_first_import(tmp_path, level: str) -> subprocess.CompletedProcess:
+    """A module whose loading writes TensorFlow's native lines to descriptor 2, as its libraries do, imported quietly."""
+    native = "\n".join((ABSL_NOTE, ONEDNN, NO_CUDA, CUINIT, FATAL, OLD_FORMAT)) + "\n"
+    (tmp_path / "noisy_native.py").write_text(
+        f"import os, sys\nos.write(2, {native.encode()!r})\nprint('Python says this', file=sys.stderr)\n")
+    code = ("import importlib.util, sys; from fer import console; console.install_quiet_import('noisy_native'); "
+            "importlib.util.find_spec('noisy_native'); import noisy_native; import noisy_native; "
+            "print(any(getattr(f, 'module', None) == 'noisy_native' for f in sys.meta_path))")
+    env = {k: v for k, v in os.environ.items() if k != console.VERBOSE_ENV}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": level, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+
+
+def test_the_first_import_drops_native_lines_below_the_level_and_keeps_the_rest(tmp_path):
+    # find_spec alone (libraries ask whether TensorFlow is installed) must not use the filter up.
+    quiet = noisy_first_import(tmp_path, "3")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.split() == ["False"]  # the finder left once the module was loaded
+    assert quiet.stderr.splitlines() == [FATAL, "Python says this"]
+
+    some = noisy_first_import(tmp_path, "1")
+    assert some.stderr.splitlines() == [CUINIT, FATAL, OLD_FORMAT, "Python says this"]
+
+    everything = noisy_first_import(tmp_path, "0")
+    assert everything.stderr.splitlines() == [ABSL_NOTE, ONEDNN, NO_CUDA, CUINIT, FATAL, OLD_FORMAT,
+                                              "Python says this"]
+
+
+def test_tensorflow_imported_after_fer_prints_no_native_lines_and_verbose_gives_them_back(tmp_path):
+    code = "import fer, tensorflow"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    quiet = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert [line for line in quiet.stderr.splitlines() if console.native_line_severity(line) is not None] == []
+
+    verbose = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT), console.VERBOSE_ENV: "1"},
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    unfiltered = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
+                                capture_output=True, text=True, cwd=tmp_path)
+    assert verbose.stderr.count("\n") == unfiltered.stderr.count("\n")  # whatever this TensorFlow prints
 
 
 def test_train_help_is_quiet(tmp_path):

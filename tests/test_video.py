@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 
 import cv2
 import mlflow
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from conftest import active_store
+from conftest import ROOT, active_store
 
 from fer import faces as fer_faces
 from fer import video
@@ -281,6 +283,26 @@ def test_every_n_frames_are_processed_and_the_annotated_video_has_every_frame(vi
             red = edge[..., 2] - edge[..., 1] > 60  # BGR: red well above green; the gray video has none
             assert red.any(axis=1).mean() > 0.8, (index, (x, y, w, h))
     capture.release()
+
+
+def test_the_readmes_video_example_is_made_by_its_script_with_three_faces_in_every_frame(tmp_path):
+    # The README's `fer predict ... talk.mp4` runs on a fresh clone: its video comes from this script.
+    require_detector()
+    readme = (ROOT / "README.md").read_text()
+    assert "python examples/make_faces_video.py" in readme and " talk.mp4 " in readme
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "make_faces_video.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Wrote talk.mp4 (40 frames, 4 s, 640x480" in result.stdout
+    capture = cv2.VideoCapture(str(tmp_path / "talk.mp4"))
+    found = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        found.append(len(fer_faces.find_faces(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))))
+    capture.release()
+    assert found == [3] * 40
 
 
 def test_a_frame_without_faces_still_gets_its_row(tmp_path):
