@@ -21,22 +21,17 @@ import collections
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_servers import ServerDidNotStart, free_port, wait_until_healthy  # noqa: E402  (scripts/)
 
 
 def start_server(folder: Path, port: int, log) -> subprocess.Popen:
@@ -48,17 +43,11 @@ def start_server(folder: Path, port: int, log) -> subprocess.Popen:
         stdout=log, stderr=subprocess.STDOUT, cwd=folder,
         start_new_session=True,  # its own process group: uvicorn workers and job runners included
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            break
-    raise SystemExit(f"mlflow server on port {port} did not start; see {log.name}")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=120, log=Path(log.name))
+    except ServerDidNotStart as err:
+        raise SystemExit(str(err)) from None
+    return process
 
 
 def stop_server(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -3,11 +3,8 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,6 +12,16 @@ import pytest
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# Re-exported for the tests that start servers (scripts/local_servers.py is shared with the benchmarks).
+from local_servers import (  # noqa: E402, F401
+    ServerDidNotStart,
+    free_port,
+    start_model_server,
+    stop_process_group,
+    wait_until_healthy,
+)
 EXPERIMENT = "fer-test"
 TRAINED_EPOCHS = 2
 
@@ -38,24 +45,6 @@ def isolated_mlflow_state():
         os.environ.pop(name, None)
         if value is not None:
             os.environ[name] = value
-
-
-def wait_until_healthy(
-    uri: str, process: subprocess.Popen, timeout: float, what: str = "mlflow server", log: Path | None = None
-) -> None:
-    """Poll `uri`/health until the server answers 200; fail if it exits or the time runs out (with its log)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            pytest.fail(f"{what} at {uri} did not start within {timeout:.0f}s\n{tail}")
-        time.sleep(0.5)
 
 
 def project_env(tracking_uri: str, tmp_path: Path) -> dict:
@@ -139,28 +128,6 @@ def count_decodes(monkeypatch):
     return calls
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop a server started with `start_new_session=True` and every process it forked.
-
-    `mlflow server` and `mlflow models serve` run their workers as child
-    processes: stopping only the parent would leave those answering.
-    """
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def assert_same_splits(a, b) -> None:
     """Two fer.data.Splits hold the same arrays, split by split, and the same description."""
     import numpy as np
@@ -192,11 +159,13 @@ def active_store(folder: Path):
 
 @pytest.fixture
 def in_process(tmp_path, monkeypatch):
-    """`fer.train.train` called in this process, into a SQLite store (and data cache) in tmp_path; its client."""
+    """A SQLite tracking store (and data cache) in tmp_path, active in this process for MLflow and for
+    `fer.train.train` & co. (MLFLOW_TRACKING_URI, FER_CACHE_DIR, the working folder); its client."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
     yield MlflowClient(uri)
     mlflow.set_tracking_uri(None)

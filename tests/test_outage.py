@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import project_env, wait_until_healthy
+from conftest import free_port, project_env, wait_until_healthy
 from fer.outbox import kept_until_logged
 from fer.tracking import TrackingServerError, server_unreachable
-from test_remote import free_port
 
 PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "peak_rss_mb")
 OUTAGE_SECONDS = 30

@@ -12,13 +12,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,7 +28,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import active_store, free_port, stop_process_group
+from conftest import active_store, start_model_server, stop_process_group
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
@@ -407,36 +404,11 @@ def server(served, store, tmp_path_factory):
     """`mlflow models serve` of the service model on 127.0.0.1; yields its base URL; always stopped."""
     uri, _, _ = served
     tracking_uri, _ = store
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "FER_ALLOW_PATHS")}
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
-    process = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_model_server(uri, tracking_uri, tmp_path_factory.mktemp("server") / "server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read()[-3000:]}")
-            try:
-                if http(f"{base}/ping", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"the server did not answer /ping in 180 s:\n{log.read()[-3000:]}")
-            time.sleep(1)
         yield base
     finally:
         stop_process_group(process)  # its own session: uvicorn's workers go too
-        log.close()
 
 
 def invoke(base: str, payload) -> tuple[int, dict | str]:
