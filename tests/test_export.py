@@ -13,7 +13,6 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mlflow import MlflowClient
 
 from fer.data.synthetic import make_faces
 from fer.export import (
@@ -140,16 +139,9 @@ def test_int8_onnx_is_smaller_and_mostly_agrees(trained, tmp_path, method):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A SQLite tracking store (and data cache) in tmp_path, active for MLflow and fer; its client."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
+def store(in_process):
+    """The client of a SQLite store in tmp_path, active for MLflow and fer (conftest's `in_process`)."""
+    return in_process
 
 
 def train_tiny(**settings) -> str:
