@@ -40,7 +40,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from fer.calibration import Reliability, reliability
+from fer.calibration import Reliability, class_indices, reliability
 from fer.calibration import log_loss as _log_loss
 from fer.history import best_epoch, format_rate, marked_rate_steps
 from fer.history import learning_rates as _learning_rates
@@ -466,13 +466,7 @@ def _labels(y_true, k: int) -> np.ndarray:
         y = y.argmax(axis=1)
     if y.ndim != 1:
         raise ValueError(f"y_true must be labels (N,) or targets (N, K); got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("y_true must hold integer class indices")
-        y = y.astype(int)
-    if y.size and (y.min() < 0 or y.max() >= k):
-        raise ValueError(f"y_true holds labels outside 0..{k - 1}")
-    return y
+    return class_indices(y, k, "y_true")
 
 
 def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Evaluation:
