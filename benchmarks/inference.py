@@ -81,7 +81,7 @@ from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.reports import evaluate_predictions  # noqa: E402
 from fer.serving import FACE_SHAPE, forward, log_emotion_model  # noqa: E402
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)
 
 
 # -- the logged model, loaded back -----------------------------------------------------------
@@ -206,14 +206,6 @@ def latencies(predict, x: np.ndarray, calls: int) -> list[float]:
         predict(x)
         times.append(time.perf_counter() - started)
     return times
-
-
-def load_note() -> str:
-    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-    if load >= 0.5 * cores:
-        return (f"note: load average {load:.2f} on {cores} cores: other processes (a training job?) share the "
-                "CPU; absolute rates are low, the ratios measured in the same run still hold")
-    return f"load average {load:.2f} on {cores} cores"
 
 
 def main(argv=None) -> None:
