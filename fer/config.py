@@ -112,6 +112,17 @@ class TrainConfig:
         """Flat `section.key: value` dict, the form MLflow params take."""
         return flatten(dataclasses.asdict(self))
 
+    def data_options(self) -> dict[str, Any]:
+        """The keyword arguments of `fer.data.load` that this run's data depends on besides its source.
+
+        Training and `fer export`'s re-measurement load the same splits with them.
+
+        Example:
+            splits = fer.data.load(config.data, **config.data_options())
+        """
+        return {"label_mode": self.label_mode, "skip_bad": self.skip_bad, "val_fraction": self.val_fraction,
+                "seed": self.seed}
+
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     """Nested settings as flat `section.key` names; flat keys pass as they are.

@@ -690,13 +690,7 @@ def measurement_data(client, run_id: str | None, data: str | None):
                           "(a FER+ folder, fer2013.csv, an image-folder tree, or synthetic[:N]).")
     if config is None:
         return fer_data.load(data), 0
-    return fer_data.load(
-        data or config.data,
-        label_mode=config.label_mode,
-        skip_bad=config.skip_bad,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    ), config.seed
+    return fer_data.load(data or config.data, **config.data_options()), config.seed
 
 
 def _run_exists(client, run_id: str) -> bool:
