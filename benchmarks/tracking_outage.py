@@ -31,23 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from local_servers import ServerDidNotStart, free_port, wait_until_healthy  # noqa: E402  (scripts/)
+from local_servers import ServerDidNotStart, free_port, start_tracking_server  # noqa: E402  (scripts/)
 
 
-def start_server(folder: Path, port: int, log) -> subprocess.Popen:
+def start_server(folder: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port with folder/server.db and folder/artifacts; returns once healthy."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-        start_new_session=True,  # its own process group: uvicorn workers and job runners included
-    )
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=120, log=Path(log.name))
+        return start_tracking_server(folder, port, timeout=120)
     except ServerDidNotStart as err:
         raise SystemExit(str(err)) from None
-    return process
 
 
 def stop_server(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -101,8 +93,7 @@ def main() -> None:
         folder = Path(tmp)
         database = folder / "server.db"
         port = free_port()
-        log = open(folder / "server.log", "ab")
-        server = start_server(folder, port, log)
+        server = start_server(folder, port)
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                "FER_CACHE_DIR": str(folder / "cache"), "FER_CHECKPOINT_DIR": str(folder / "checkpoints"),
                "PYTHONPATH": str(ROOT)}
@@ -123,7 +114,7 @@ def main() -> None:
                 print(f"server killed ({args.kill}) at {killed_at:.1f} s, after epoch {args.after_epoch}'s loss was stored")
                 if not args.never:
                     time.sleep(args.outage)
-                    server = start_server(folder, port, log)
+                    server = start_server(folder, port)
                     print(f"server back at {time.monotonic() - started:.1f} s (down {args.outage:g} s)")
                 try:
                     training.wait(timeout=args.timeout)
@@ -136,7 +127,6 @@ def main() -> None:
                 training.kill()
                 training.wait()
         output = (folder / "train.out").read_text()
-        log.close()
 
         print(f"training exit status {training.returncode}, total {total:.1f} s")
         print(f"run status(es): {run_statuses(database)}")

@@ -43,8 +43,7 @@ from fer.tracking import (
     TAG_PHASE,
     TAG_RUN_KIND,
     TAG_STOPPED_BY,
-    configure_tracking,
-    experiment_in_use,
+    client_for_command,
 )
 
 PHASE_COMMANDS = {
@@ -431,9 +430,7 @@ def compare(
     experiment: str = "fer",
 ) -> tuple[str, list[Row], str]:
     """Build the table, log it to a `compare` run; returns (compare run id, rows, markdown)."""
-    configure_tracking(None)
-    client = MlflowClient()
-    experiment = experiment_in_use(client, experiment)
+    client, experiment = client_for_command(experiment)
     runs = resolve_runs(client, experiment, baseline_run_id, final_run_id)
     baseline, final = (summarize(run, read_history(client, run.info.run_id)) for run in runs)
     rows = comparison_rows(baseline, final) + diagnostic_rows(client, runs, (baseline, final))

@@ -38,8 +38,7 @@ from fer.tracking import (
     TAG_MODEL,
     TAG_PHASE,
     TAG_RUN_KIND,
-    configure_tracking,
-    experiment_in_use,
+    client_for_command,
 )
 
 DEFAULT_MODEL_NAME = "fer-emotion"
@@ -178,9 +177,7 @@ def promote(
         decision = promote("latest-compare", min_value=0.5)
         print(decision.to_text())
     """
-    configure_tracking(None)
-    client = MlflowClient()
-    experiment = experiment_in_use(client, experiment)
+    client, experiment = client_for_command(experiment)
     source = resolve_source_run(client, experiment, run_id, metric)
     if metric not in source.data.metrics:
         raise PromotionError(f"Run {source.info.run_id} has no metric {metric!r}; choose another with --metric.")

@@ -83,6 +83,21 @@ def experiment_in_use(client: MlflowClient, experiment: str) -> str:
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
+def client_for_command(experiment: str) -> tuple[MlflowClient, str]:
+    """What a command that reads runs (compare, promote) starts with: tracking configured from the
+    environment, a client of that store, and the experiment it works in (`experiment_in_use`).
+
+    Raises TrackingServerError when the tracking server cannot be used (see `configure_tracking`).
+
+    Example:
+        client, experiment = client_for_command("fer")
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    """
+    configure_tracking(None)
+    client = MlflowClient()
+    return client, experiment_in_use(client, experiment)
+
+
 class TrackingServerError(ConnectionError):
     """The tracking server cannot be used; raised before any work starts."""
 
@@ -94,10 +109,9 @@ PREFLIGHT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TI
 
 def check_server(uri: str) -> None:
     """Make one real API call to the tracking server; fail clearly if it does not answer as MLflow."""
-    saved = {key: os.environ.get(key) for key in PREFLIGHT_ENV}
-    os.environ.update(PREFLIGHT_ENV)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with environment_set(PREFLIGHT_ENV):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # connection refused, DNS, 401/403, not an MLflow server, ...
         reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         raise TrackingServerError(
@@ -105,6 +119,22 @@ def check_server(uri: str) -> None:
             "Check that it is running and reachable, and, for a server with authentication, that "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are set. Nothing was trained."
         ) from err
+
+
+@contextlib.contextmanager
+def environment_set(values: dict[str, str]):
+    """`values` in os.environ for the block; after it, each of those variables as it was (or unset again).
+
+    For settings MLflow reads from the environment only (retries, the system-metrics interval).
+
+    Example:
+        with environment_set({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
+            MlflowClient(uri).search_experiments(max_results=1)
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:

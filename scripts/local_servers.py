@@ -40,6 +40,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_tracking_server(
+    folder: Path, port: int, backend_store_uri: str | None = None, timeout: float = 180
+) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` that serves artifacts from folder/artifacts; returns once healthy.
+
+    Its store is `backend_store_uri` (default: SQLite, folder/server.db); its output is appended
+    to folder/server.log (a restart on the same port adds to it). The caller stops it
+    (`stop_process_group`, or a signal to its process group); ServerDidNotStart if it never answers.
+
+    Example:
+        process = start_tracking_server(Path("/tmp/server"), free_port())
+    """
+    backend_store_uri = backend_store_uri or f"sqlite:///{folder / 'server.db'}"
+    log_path = folder / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
+        )
+    wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout, log=log_path)
+    return process
+
+
 def start_model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 180) -> tuple[subprocess.Popen, str]:
     """`mlflow models serve -m MODEL_URI` (local env, one worker) on a free port; (process, base URL) once it answers /ping.
 

@@ -19,9 +19,11 @@ from local_servers import (  # noqa: E402, F401
     ServerDidNotStart,
     free_port,
     start_model_server,
+    start_tracking_server,
     stop_process_group,
     wait_until_healthy,
 )
+
 EXPERIMENT = "fer-test"
 TRAINED_EPOCHS = 2
 
@@ -77,6 +79,25 @@ def run_or_fail(entry_point: str, params: dict, tracking_uri: str, tmp_path: Pat
     return result
 
 
+def compare_and_promote(model_name: str, tracking_uri: str, tmp_path: Path) -> tuple[MlflowClient, list]:
+    """`mlflow run -e compare`, then `-e promote`, after phase 1 and phase 2 ran into `tracking_uri`.
+
+    Asserts what a user relies on: the promote run says "now champion", version 1 of
+    `model_name` holds the champion alias, and the four runs (phase1, phase2, compare,
+    promote) are all FINISHED in EXPERIMENT. Returns (client, those runs).
+    """
+    run_or_fail("compare", {}, tracking_uri, tmp_path)
+    promoted = run_or_fail("promote", {"model_name": model_name}, tracking_uri, tmp_path)
+    assert "now champion" in promoted.stdout
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert sorted(run.data.tags.get("fer.phase") for run in runs) == ["compare", "phase1", "phase2", "promote"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    return client, runs
+
+
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory):
     """A SQLite store holding one short phase-1 and one short phase-2 run, made by `mlflow run`.
@@ -126,6 +147,26 @@ def count_decodes(monkeypatch):
 
     monkeypatch.setattr(fer.data.folders, "load_folders", counting)
     return calls
+
+
+def briefly_trained_baseline():
+    """The baseline network after one epoch on 200 drawn faces, the same on every call.
+
+    Its weights and batch-norm statistics are no longer the initial ones, so exports, served
+    models and video predictions are checked on a network whose outputs differ from face to face.
+    """
+    import keras
+    import numpy as np
+
+    from fer.data.synthetic import make_faces
+    from fer.models import build_model
+
+    keras.utils.set_random_seed(0)
+    network = build_model("baseline")
+    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    faces, labels = make_faces(200, seed=1)
+    network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
+    return network
 
 
 def assert_same_splits(a, b) -> None:

@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import briefly_trained_baseline
 
 from fer.data.synthetic import make_faces
 from fer.export import (
@@ -69,16 +70,7 @@ def test_a_missing_converter_names_the_package_and_the_extra(monkeypatch):
 @pytest.fixture(scope="module")
 def trained():
     """The baseline after one epoch on 200 drawn faces, so its weights and batch-norm statistics are not initial."""
-    import keras
-
-    from fer.models import build_model
-
-    keras.utils.set_random_seed(0)
-    network = build_model("baseline")
-    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x, y = faces(200, seed=1)
-    network.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    return network
+    return briefly_trained_baseline()
 
 
 @pytest.mark.slow

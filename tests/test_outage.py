@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, project_env, wait_until_healthy
+from conftest import free_port, project_env, start_tracking_server
 from fer.outbox import kept_until_logged
 from fer.tracking import TrackingServerError, server_unreachable
 
@@ -37,16 +37,9 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = self.folder / "server.log"
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--backend-store-uri", f"sqlite:///{self.database}",
-                 "--artifacts-destination", str(self.folder / "artifacts")],
-                stdout=out, stderr=subprocess.STDOUT, cwd=self.folder,
-                start_new_session=True,  # its own process group, so that stop() ends all of it
-            )
-        wait_until_healthy(self.uri, self.process, timeout=180, log=log)
+        # Its own process group (start_new_session), so that stop() ends all of it; the same
+        # folder/server.db (self.database) every time.
+        self.process = start_tracking_server(self.folder, self.port, timeout=180)
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group and wait until it is gone.

@@ -7,9 +7,16 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, free_port, project_env, run_or_fail, stop_process_group, wait_until_healthy
+from conftest import (
+    compare_and_promote,
+    free_port,
+    project_env,
+    run_or_fail,
+    start_tracking_server,
+    stop_process_group,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,18 +28,9 @@ def server(tmp_path_factory):
     """An MLflow tracking server with a SQLite backend that serves artifacts from a temporary folder."""
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination", str(folder / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    process = start_tracking_server(folder, port, timeout=90)
     try:
-        wait_until_healthy(uri, process, timeout=90)
-        yield uri, folder
+        yield f"http://127.0.0.1:{port}", folder
     finally:
         stop_process_group(process)
 
@@ -42,16 +40,7 @@ def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_pa
     params = {"data": "synthetic:64", "epochs": 2, "batch_size": 32}
     for phase in ("phase1", "phase2"):
         run_or_fail(phase, params, uri, tmp_path)
-    run_or_fail("compare", {}, uri, tmp_path)
-    promoted = run_or_fail("promote", {"model_name": "fer-remote"}, uri, tmp_path)
-    assert "now champion" in promoted.stdout
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    phases = sorted(run.data.tags.get("fer.phase") for run in runs)
-    assert phases == ["compare", "phase1", "phase2", "promote"]
-    assert all(run.info.status == "FINISHED" for run in runs)
-    assert client.get_model_version_by_alias("fer-remote", "champion").version == "1"
+    compare_and_promote("fer-remote", uri, tmp_path)
     # Artifacts went through the server into its folder, not into the client's working folder.
     stored = {p.name for p in (folder / "artifacts").rglob("*")}
     assert {"history.json", "comparison.html", "history.png"} <= stored

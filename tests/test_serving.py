@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import active_store, start_model_server, stop_process_group
+from conftest import active_store, briefly_trained_baseline, start_model_server, stop_process_group
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
@@ -197,16 +197,8 @@ def served(store):
 
     One short epoch on drawn faces, so the weights are not just their initial values.
     """
-    import keras
-
-    from fer.models import build_model
-
     _, folder = store
-    keras.utils.set_random_seed(0)
-    network = build_model("baseline")
-    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    images, labels = make_faces(200, seed=1)
-    network.fit(images[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
+    network = briefly_trained_baseline()
     keras_path = folder / "network" / "model.keras"
     keras_path.parent.mkdir()
     network.save(keras_path)

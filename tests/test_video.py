@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from conftest import active_store
+from conftest import active_store, briefly_trained_baseline
 
 from fer import faces as fer_faces
 from fer import video
@@ -400,18 +400,9 @@ def test_cli_refuses_video_options_for_photos_and_several_videos(videos, tmp_pat
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A temporary SQLite tracking store for this module (MLFLOW_TRACKING_URI too), and a trained baseline network."""
-    import keras
-
-    from fer.models import build_model
-
     folder = tmp_path_factory.mktemp("video-store")
     with active_store(folder):
-        keras.utils.set_random_seed(0)
-        network = build_model("baseline")
-        network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        faces, labels = make_faces(200, seed=1)
-        network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
-        yield folder, network
+        yield folder, briefly_trained_baseline()
 
 
 def network_rows(network, path, every: int = 1) -> dict[int, list[tuple[tuple, np.ndarray]]]:
