@@ -44,6 +44,7 @@ from fer.tracking import (
     TAG_RUN_KIND,
     TAG_STOPPED_BY,
     client_for_command,
+    first_finished_run,
 )
 
 PHASE_COMMANDS = {
@@ -122,27 +123,16 @@ class Row:
 # ------------------------------------------------------------------ finding runs
 
 
-def latest_finished_run(client: MlflowClient, experiment_ids: list[str], phase: str) -> Run | None:
-    runs = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
 def resolve_runs(
     client: MlflowClient, experiment: str, baseline_run_id: str | None, final_run_id: str | None
 ) -> tuple[Run, Run]:
     """The runs given by id, else the latest finished phase-1 / phase-2 runs in `experiment`."""
     found = {}
-    experiment_obj = client.get_experiment_by_name(experiment)
     for phase, run_id in (("phase1", baseline_run_id), ("phase2", final_run_id)):
         if run_id:
             found[phase] = client.get_run(run_id)
             continue
-        run = latest_finished_run(client, [experiment_obj.experiment_id], phase) if experiment_obj else None
+        run = first_finished_run(client, experiment, phase)
         if run is None:
             command = PHASE_COMMANDS[phase].format(experiment=experiment)
             raise CompareError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 try:
     import fcntl
@@ -81,6 +82,27 @@ def experiment_in_use(client: MlflowClient, experiment: str) -> str:
     if not run_id:
         return experiment
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
+def first_finished_run(
+    client: MlflowClient, experiment: str, phase: str, order_by: str = "attributes.start_time DESC"
+) -> Run | None:
+    """The first FINISHED run tagged `fer.phase` = `phase` in the experiment named `experiment`, by
+    `order_by` (default: the latest); None when there is none, or no such experiment.
+
+    Example:
+        best = first_finished_run(client, "fer", "phase2", order_by="metrics.`best_val_accuracy` DESC")
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
+        order_by=[order_by],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def client_for_command(experiment: str) -> tuple[MlflowClient, str]:

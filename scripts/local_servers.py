@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,22 @@ def start_tracking_server(
         )
     wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout, log=log_path)
     return process
+
+
+@contextlib.contextmanager
+def tracking_server(folder: Path, backend_store_uri: str | None = None, timeout: float = 180) -> Iterator[str]:
+    """`start_tracking_server` on a free port for the block; yields its URI, stops it (all its processes) after.
+
+    Example:
+        with tracking_server(Path("/tmp/server")) as uri:
+            MlflowClient(uri).search_experiments()
+    """
+    port = free_port()
+    process = start_tracking_server(folder, port, backend_store_uri, timeout)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(process)
 
 
 def start_model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 180) -> tuple[subprocess.Popen, str]:

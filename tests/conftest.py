@@ -21,6 +21,7 @@ from local_servers import (  # noqa: E402, F401
     start_model_server,
     start_tracking_server,
     stop_process_group,
+    tracking_server,
     wait_until_healthy,
 )
 
@@ -58,6 +59,19 @@ def project_env(tracking_uri: str, tmp_path: Path) -> dict:
     # mlflow run --env-manager local runs `python` from PATH: make it this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def fer_cli(args: list[str], tracking_uri: str, tmp_path: Path, timeout: float | None = None,
+            **extra_env: str) -> subprocess.CompletedProcess:
+    """`python -m fer.cli ARGS` as a user's shell runs it: `project_env` of `tracking_uri` plus
+    `extra_env`, in tmp_path, its own process; stdout and stderr captured as text.
+
+    Example:
+        result = fer_cli(["compare"], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    """
+    env = {**project_env(tracking_uri, tmp_path), **extra_env}
+    return subprocess.run([sys.executable, "-m", "fer.cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def mlflow_run(entry_point: str, params: dict, tracking_uri: str, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, project_env, start_tracking_server
+from conftest import fer_cli, free_port, project_env, start_tracking_server
 from fer.outbox import kept_until_logged
 from fer.tracking import TrackingServerError, server_unreachable
 
@@ -183,9 +183,8 @@ def test_a_server_that_never_comes_back_leaves_the_run_kept_locally_to_resend(se
 
     # The server is back: the command the error gave sends everything, training nothing again.
     server.start()
-    environment = {**project_env(server.uri, tmp_path), "FER_CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
-    result = subprocess.run([sys.executable, "-m", "fer.cli", *resend.split()[1:]], env=environment, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=900)
+    result = fer_cli(resend.split()[1:], server.uri, tmp_path, timeout=900,
+                     FER_CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Epoch 1/" not in result.stdout
     run = only_run(server.database)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compare_and_promote, free_port, run_or_fail, start_tracking_server, stop_process_group
+from conftest import compare_and_promote, free_port, run_or_fail, tracking_server
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +95,9 @@ def server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("postgres-server")
     # The driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, not psycopg2.
     backend_store_uri = f"postgresql+psycopg2://{database}"
-    port = free_port()
     # The first start creates MLflow's tables in PostgreSQL: allow it time.
-    process = start_tracking_server(folder, port, backend_store_uri, timeout=180)
-    try:
-        yield f"http://127.0.0.1:{port}", folder
-    finally:
-        stop_process_group(process)
+    with tracking_server(folder, backend_store_uri, timeout=180) as uri:
+        yield uri, folder
 
 
 def test_phases_compare_and_promote_against_a_server_on_postgresql(postgres, server, tmp_path):

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import (
     compare_and_promote,
+    fer_cli,
     free_port,
-    project_env,
     run_or_fail,
-    start_tracking_server,
     stop_process_group,
+    tracking_server,
     wait_until_healthy,
 )
 
@@ -27,12 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def server(tmp_path_factory):
     """An MLflow tracking server with a SQLite backend that serves artifacts from a temporary folder."""
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    process = start_tracking_server(folder, port, timeout=90)
-    try:
-        yield f"http://127.0.0.1:{port}", folder
-    finally:
-        stop_process_group(process)
+    with tracking_server(folder, timeout=90) as uri:
+        yield uri, folder
 
 
 def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_path):
@@ -48,11 +44,7 @@ def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_pa
 
 
 def test_an_unreachable_server_is_reported_before_training(tmp_path):
-    env = project_env(f"http://127.0.0.1:{free_port()}", tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "fer.cli", "train", "phase2", "--epochs", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
-    )
+    result = fer_cli(["train", "phase2", "--epochs", "1"], f"http://127.0.0.1:{free_port()}", tmp_path)
     assert result.returncode == 1
     assert "tracking server at http://127.0.0.1:" in result.stderr and "Nothing was trained" in result.stderr
     assert "Epoch 1/1" not in result.stdout and "Data:" not in result.stdout  # before data and training
@@ -64,9 +56,7 @@ def test_something_that_is_not_an_mlflow_server_is_reported(tmp_path):
                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        env = project_env(f"http://127.0.0.1:{port}", tmp_path)
-        result = subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
-                                capture_output=True, text=True)
+        result = fer_cli(["compare"], f"http://127.0.0.1:{port}", tmp_path)
     finally:
         web.terminate()
         web.wait()
@@ -88,9 +78,7 @@ def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
         wait_until_healthy(uri, process, timeout=90, what="basic-auth server")
 
         def compare_as(user, secret):
-            env = {**project_env(uri, tmp_path), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": secret}
-            return subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
-                                  capture_output=True, text=True)
+            return fer_cli(["compare"], uri, tmp_path, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=secret)
 
         refused = compare_as("admin", "wrong-password-000")
         assert refused.returncode == 1 and "401" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr
