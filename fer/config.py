@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +125,21 @@ class TrainConfig:
                 "seed": self.seed}
 
 
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict, prefix: str = "", is_value: Callable[[dict], bool] | None = None) -> dict[str, Any]:
     """Nested settings as flat `section.key` names; flat keys pass as they are.
+
+    A mapping is a section, unless `is_value(mapping)` says it is a value itself (a sweep's
+    `{choices: [...]}`, say), which is then kept whole.
 
     >>> flatten({"augmentation": {"zoom": 0.1}, "epochs": 3})
     {'augmentation.zoom': 0.1, 'epochs': 3}
+    >>> flatten({"augmentation": {"zoom": {"low": 0.0, "high": 0.2}}}, is_value=lambda m: "low" in m)
+    {'augmentation.zoom': {'low': 0.0, 'high': 0.2}}
     """
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and not (is_value and is_value(value)):
+            flat.update(flatten(value, f"{prefix}{key}.", is_value))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
