@@ -16,21 +16,18 @@ from click.testing import CliRunner
 from conftest import briefly_trained_baseline
 
 from fer.data.synthetic import make_faces
-from fer.export import (
+from fer.export import TAG_ONNX, TAG_ONNX_SKIPPED, OnnxExportSkipped, log_onnx_model
+from fer.exported import (
     PARITY_TOLERANCE,
-    TAG_ONNX,
-    TAG_ONNX_SKIPPED,
     ConverterMissing,
-    OnnxExportSkipped,
-    OnnxRuntimeNetwork,
     LiteRTNetwork,
+    OnnxRuntimeNetwork,
     export_network,
     float32_copy,
-    log_onnx_model,
     measure_parity,
-    quantize,
     require_converter,
 )
+from fer.quantization import quantize
 from fer.serving import forward
 
 
