@@ -1,4 +1,8 @@
-"""Servers on 127.0.0.1 for tests, benchmarks and scripts: a free port, waiting until one answers, stopping it.
+"""Servers on 127.0.0.1 for tests, benchmarks and scripts: started, waited for, stopped with all their processes.
+
+- `free_port`; `wait_until_healthy` (polls /health, or /ping); `stop_process_group`;
+- `start_tracking_server` and the `tracking_server` block (`mlflow server`), `start_model_server`
+  (`mlflow models serve`).
 
 Shared by tests/conftest.py, scripts/mlflow_ui.py and the server benchmarks
 (benchmarks/serving_load.py, benchmarks/tracking_outage.py); import it with scripts/ on sys.path.
@@ -6,13 +10,8 @@ Every server here is started with `start_new_session=True`, so that its whole pr
 (`mlflow server`'s uvicorn workers and job runner, `mlflow models serve`'s workers) stops with it.
 
 Example:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--port", str(port)],
-                               start_new_session=True)
-    try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=120)
-    finally:
-        stop_process_group(process)
+    with tracking_server(Path("/tmp/server")) as uri:
+        MlflowClient(uri).search_experiments()
 """
 
 from __future__ import annotations
