@@ -209,9 +209,7 @@ def load_sweep(
     """
     path = sweep_path(name_or_path)
     values = _read_yaml(path)
-    unknown = sorted(set(map(str, values)) - set(SWEEP_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown entries {unknown}; a sweep file has {', '.join(SWEEP_KEYS)}.")
+    _only(values, SWEEP_KEYS, "top-level", path)
     name = name or path.stem
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
