@@ -81,8 +81,11 @@ def tracking_server(folder: Path, backend_store_uri: str | None = None, timeout:
         stop_process_group(process)
 
 
-def start_model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`mlflow models serve -m MODEL_URI` (local env, one worker) on a free port; (process, base URL) once it answers /ping.
+def start_model_server(
+    model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 180
+) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve -m MODEL_URI` (local env, one worker) on a free port; (process, base URL) once
+    it answers /ping.
 
     It runs this interpreter's `mlflow`, imports `fer` from this checkout, and never sees
     MLFLOW_RUN_ID or FER_ALLOW_PATHS from the caller's environment. Its output goes to `log_path`.

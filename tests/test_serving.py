@@ -32,7 +32,7 @@ from conftest import active_store, briefly_trained_baseline, start_model_server,
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
-from fer.data.synthetic import make_faces
+from fer.data.synthetic import faces_on_noise, make_faces
 from fer.photo_service import FaceEmotionModel, find_keras_file, log_service_model
 
 # Where compose_photo pastes its two faces, as boxes: x, y, width, height.
@@ -42,14 +42,9 @@ PHOTO_SIZE = (320, 240)  # width, height
 
 def compose_photo(seed: int = 7) -> np.ndarray:
     """A 320x240 grayscale "photo": noisy gray background, two drawn faces scaled up at PASTED."""
-    rng = np.random.default_rng(seed)
-    photo = np.clip(rng.normal(128, 20, PHOTO_SIZE[::-1]), 0, 255).astype(np.uint8)
     drawn, _ = make_faces(len(PASTED), seed=seed)
-    for face, (x, y, side, _) in zip(drawn, PASTED):
-        photo[y:y + side, x:x + side] = np.asarray(
-            Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC)
-        )
-    return photo
+    places = [(x, y, side) for x, y, side, _ in PASTED]
+    return faces_on_noise(PHOTO_SIZE, drawn, places, np.random.default_rng(seed))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

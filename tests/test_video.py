@@ -23,7 +23,7 @@ from conftest import active_store, briefly_trained_baseline
 from fer import faces as fer_faces
 from fer import video
 from fer.data.splits import EMOTIONS
-from fer.data.synthetic import make_faces
+from fer.data.synthetic import faces_on_noise, make_faces
 from fer.predict import PredictError, VideoReader, predict_video
 from fer.video import FaceTracker, TrackedFace, csv_rows, ema_weight, iou, match_boxes, progress_text
 
@@ -185,10 +185,8 @@ def true_boxes(frame: int) -> list[tuple[int, int, int, int]]:
 
 def compose_frame(frame: int, drawn: np.ndarray) -> np.ndarray:
     """A BGR frame: fresh noise every frame (as a camera's), the two drawn faces at `true_boxes(frame)`."""
-    rng = np.random.default_rng(100 + frame)
-    gray = np.clip(rng.normal(128, 20, FRAME_SIZE[::-1]), 0, 255).astype(np.uint8)
-    for face, (x, y, side, _) in zip(drawn, true_boxes(frame)):
-        gray[y:y + side, x:x + side] = np.asarray(Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC))
+    places = [(x, y, side) for x, y, side, _ in true_boxes(frame)]
+    gray = faces_on_noise(FRAME_SIZE, drawn, places, np.random.default_rng(100 + frame))
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
 
