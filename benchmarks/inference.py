@@ -75,13 +75,13 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fer import export  # noqa: E402
+from fer import export, exported, quantization  # noqa: E402
 from fer.data.splits import EMOTIONS  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.reports import evaluate_predictions  # noqa: E402
 from fer.serving import FACE_SHAPE, forward, log_emotion_model  # noqa: E402
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)
 
 
 # -- the logged model, loaded back -----------------------------------------------------------
@@ -117,18 +117,18 @@ def methods_for(network: keras.Model, pyfunc, onnx_files: dict[str, Path]) -> di
         "(e) pyfunc predict (mlflow.pyfunc.load_model)": lambda x: np.asarray(pyfunc.predict(x)),
     }
     for name, path in onnx_files.items():
-        session = export.OnnxRuntimeNetwork(path)
+        session = exported.OnnxRuntimeNetwork(path)
         methods[name] = lambda x, session=session: forward(session, x)
     return methods
 
 
 def export_onnx(network: keras.Model, calibration: np.ndarray, folder: Path) -> dict[str, Path]:
     """The network as ONNX (float32, checked against Keras by the caller) and its two int8 copies."""
-    float_path = export.export_network(network, folder / "model.onnx")
+    float_path = exported.export_network(network, folder / "model.onnx")
     return {
         ONNX_FLOAT: float_path,
-        ONNX_STATIC: export.quantize(float_path, folder / "model.int8.onnx", "int8", calibration),
-        ONNX_DYNAMIC: export.quantize(float_path, folder / "model.int8-dynamic.onnx", "int8-dynamic"),
+        ONNX_STATIC: quantization.quantize(float_path, folder / "model.int8.onnx", "int8", calibration),
+        ONNX_DYNAMIC: quantization.quantize(float_path, folder / "model.int8-dynamic.onnx", "int8-dynamic"),
     }
 
 
@@ -171,7 +171,7 @@ def accuracy_table(methods: dict, splits, untrained: bool) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, p in probabilities.items():
         evaluation = evaluate_predictions(val.labels, p, EMOTIONS, "val")
-        parity = export.measure_parity(probabilities[reference_name], p)
+        parity = exported.measure_parity(probabilities[reference_name], p)
         rows.append(f"| {name} | {evaluation.accuracy:.4f} | {evaluation.accuracy - reference.accuracy:+.4f} | "
                     f"{evaluation.macro_f1:.4f} | {1 - parity.class_mismatch:.2%} | {parity.max_abs_diff:.1e} |")
     return rows
@@ -206,14 +206,6 @@ def latencies(predict, x: np.ndarray, calls: int) -> list[float]:
         predict(x)
         times.append(time.perf_counter() - started)
     return times
-
-
-def load_note() -> str:
-    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-    if load >= 0.5 * cores:
-        return (f"note: load average {load:.2f} on {cores} cores: other processes (a training job?) share the "
-                "CPU; absolute rates are low, the ratios measured in the same run still hold")
-    return f"load average {load:.2f} on {cores} cores"
 
 
 def main(argv=None) -> None:
@@ -252,7 +244,7 @@ def main(argv=None) -> None:
         if not args.no_onnx:
             started = time.perf_counter()
             if splits is not None:
-                calibration = export.calibration_sample(splits.train.images, args.calibration_faces, seed)
+                calibration = quantization.calibration_sample(splits.train.images, args.calibration_faces, seed)
             else:
                 calibration = make_faces(args.calibration_faces, seed=1)[0][..., np.newaxis].astype(np.float32)
             onnx_files = export_onnx(network, calibration, Path(tmp))

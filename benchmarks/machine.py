@@ -18,6 +18,19 @@ def describe(*packages: str) -> str:
             f"Python {platform.python_version()}{versions}")
 
 
+def load_note() -> str:
+    """The 1-minute load average against the usable cores; a warning when other processes share the CPU.
+
+    Example:
+        print(load_note())  # 'load average 0.12 on 16 cores'
+    """
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if load >= 0.5 * cores:
+        return (f"note: load average {load:.2f} on {cores} cores: other processes (a training job?) share the "
+                "CPU; absolute figures are low, the ratios measured in the same run still hold")
+    return f"load average {load:.2f} on {cores} cores"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
     try:

@@ -40,10 +40,7 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +51,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -61,7 +59,8 @@ from PIL import Image  # noqa: E402
 from fer import faces as fer_faces  # noqa: E402
 from fer import images  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from local_servers import ServerDidNotStart, start_model_server, stop_process_group  # noqa: E402  (scripts/)
+from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)
 
 START_TIMEOUT = 300  # seconds for the server to answer /ping
 REQUEST_TIMEOUT = 120
@@ -113,12 +112,6 @@ def request_mix() -> list[tuple[str, bytes]]:
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def log_untrained_model(folder: Path) -> str:
     """A baseline network, untrained, logged as the photo model into a SQLite store under `folder`."""
     import mlflow
@@ -132,47 +125,6 @@ def log_untrained_model(folder: Path) -> str:
     build_model("baseline").save(keras_path)
     with mlflow.start_run(experiment_id=experiment):
         return log_service_model(keras_path).model_uri
-
-
-def start_server(model_uri: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow models serve` in its own session; (process, base URL) once it answers /ping."""
-    import mlflow
-
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "FER_ALLOW_PATHS")}
-    env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
-                if response.status == 200:
-                    return process, base
-        except OSError:
-            pass
-        time.sleep(1)
-    stop_server(process)
-    raise SystemExit(f"the server did not answer /ping in {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: uvicorn's workers go too
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def group_rss_mb(pgid: int) -> float:
@@ -256,6 +208,8 @@ def report_load(results: list, wall: float) -> None:
 
 
 def load_mode(args) -> None:
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.model_uri:
@@ -267,7 +221,11 @@ def load_mode(args) -> None:
         mix = request_mix()
         print(f"mix: {', '.join(kind for kind, _ in mix)}; bodies {', '.join(f'{len(b) / 1e3:.0f} KB' for _, b in mix)}")
         print(f"clients: {args.clients}; at most {args.requests} requests or {args.seconds:.0f} s")
-        process, base = start_server(model_uri, folder / "server.log")
+        try:
+            process, base = start_model_server(model_uri, mlflow.get_tracking_uri(), folder / "server.log",
+                                               START_TIMEOUT)
+        except ServerDidNotStart as err:
+            raise SystemExit(str(err)) from None
         try:
             for _, body in mix:  # warm-up: first-call tracing and lazy imports are not what is measured
                 send(base, body)
@@ -275,7 +233,7 @@ def load_mode(args) -> None:
             results, wall = run_clients(base, mix, args.clients, args.requests, args.seconds)
             rss_end = group_rss_mb(process.pid)
         finally:
-            stop_server(process)
+            stop_process_group(process)
     print()
     report_load(results, wall)
     print(f"server memory (RSS, all its processes): {rss_start:,.0f} MB after warm-up, {rss_end:,.0f} MB at the end "
@@ -323,14 +281,6 @@ def detection_mode(args) -> None:
         median = statistics.median(values)
         rounds = ", ".join(f"{v:.3f}" for v in values)
         print(f"| {name} | {median:.3f} | {median / reference:.2f}x | {rounds} | {found[name]} |")
-
-
-def load_note() -> str:
-    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-    if load >= 0.5 * cores:
-        return (f"note: load average {load:.2f} on {cores} cores: other processes share the CPU; absolute "
-                "figures are low, the ratios measured in the same run still hold")
-    return f"load average {load:.2f} on {cores} cores"
 
 
 def main(argv=None) -> None:

@@ -21,44 +21,25 @@ import collections
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from local_servers import ServerDidNotStart, free_port, start_tracking_server  # noqa: E402  (scripts/)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, port: int, log) -> subprocess.Popen:
+def start_server(folder: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port with folder/server.db and folder/artifacts; returns once healthy."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-        start_new_session=True,  # its own process group: uvicorn workers and job runners included
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            break
-    raise SystemExit(f"mlflow server on port {port} did not start; see {log.name}")
+    try:
+        return start_tracking_server(folder, port, timeout=120)
+    except ServerDidNotStart as err:
+        raise SystemExit(str(err)) from None
 
 
 def stop_server(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -112,8 +93,7 @@ def main() -> None:
         folder = Path(tmp)
         database = folder / "server.db"
         port = free_port()
-        log = open(folder / "server.log", "ab")
-        server = start_server(folder, port, log)
+        server = start_server(folder, port)
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                "FER_CACHE_DIR": str(folder / "cache"), "FER_CHECKPOINT_DIR": str(folder / "checkpoints"),
                "PYTHONPATH": str(ROOT)}
@@ -134,7 +114,7 @@ def main() -> None:
                 print(f"server killed ({args.kill}) at {killed_at:.1f} s, after epoch {args.after_epoch}'s loss was stored")
                 if not args.never:
                     time.sleep(args.outage)
-                    server = start_server(folder, port, log)
+                    server = start_server(folder, port)
                     print(f"server back at {time.monotonic() - started:.1f} s (down {args.outage:g} s)")
                 try:
                     training.wait(timeout=args.timeout)
@@ -147,7 +127,6 @@ def main() -> None:
                 training.kill()
                 training.wait()
         output = (folder / "train.out").read_text()
-        log.close()
 
         print(f"training exit status {training.returncode}, total {total:.1f} s")
         print(f"run status(es): {run_statuses(database)}")

@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fer, without installing it
 
-from fer.data.synthetic import make_faces  # noqa: E402
+from fer.data.synthetic import faces_on_noise, make_faces  # noqa: E402
 
 SIZE = (480, 320)  # width, height
 # Where the faces go: x, y, side (pixels).
@@ -30,12 +30,8 @@ PLACES = [(40, 90, 120), (190, 60, 140), (350, 110, 100)]
 
 def faces_photo(seed: int = 3) -> np.ndarray:
     """The photo as a uint8 grayscale array (height x width)."""
-    rng = np.random.default_rng(seed)
-    photo = np.clip(rng.normal(128, 20, SIZE[::-1]), 0, 255).astype(np.uint8)
     drawn, _ = make_faces(len(PLACES), seed=seed)
-    for face, (x, y, side) in zip(drawn, PLACES):
-        photo[y:y + side, x:x + side] = np.asarray(Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC))
-    return photo
+    return faces_on_noise(SIZE, drawn, PLACES, np.random.default_rng(seed))
 
 
 if __name__ == "__main__":

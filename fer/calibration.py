@@ -47,6 +47,7 @@ __all__ = [
     "TEMPERATURE_BOUNDS",
     "Reliability",
     "apply_temperature",
+    "class_indices",
     "expected_calibration_error",
     "fit_temperature",
     "log_loss",
@@ -64,6 +65,24 @@ PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
 TEMPERATURE_BOUNDS = (0.02, 50.0)
 
 
+def class_indices(labels, classes: int, name: str = "labels") -> np.ndarray:
+    """`labels` (N,) as integer class indices in 0..classes-1; ValueError naming `name` otherwise.
+
+    Whole floats (1.0) are accepted and become ints; 0.5, -1 or `classes` are refused.
+
+    Example:
+        class_indices(np.array([0.0, 2.0]), 3)  # array([0, 2])
+    """
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{name} must be integer class indices")
+        y = y.astype(int)
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"{name} must lie in 0..{classes - 1}; got {y.min()}..{y.max()}")
+    return y
+
+
 def _checked(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
     """Integer labels (N,) and float64 probabilities (N, K), rows renormalised; ValueError naming what is wrong."""
     p = np.asarray(probabilities, dtype=np.float64)
@@ -74,12 +93,7 @@ def _checked(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels must be one class index per row of probabilities ({len(p)}); got shape {y.shape}")
     if len(y) == 0:
         raise ValueError("cannot measure calibration on no predictions")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("labels must be integer class indices")
-        y = y.astype(int)
-    if y.min() < 0 or y.max() >= p.shape[1]:
-        raise ValueError(f"labels must lie in 0..{p.shape[1] - 1}; got {y.min()}..{y.max()}")
+    y = class_indices(y, p.shape[1])
     if not np.isfinite(p).all() or p.min() < 0:
         raise ValueError("probabilities must be finite and non-negative")
     sums = p.sum(axis=1, keepdims=True)

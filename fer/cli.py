@@ -252,12 +252,9 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
     """Train PHASE (phase1, phase2, or a YAML file) as one MLflow run."""
     # Where each value was given, for the error message: `mlflow run -P epochs=...` arrives as --epochs.
     origins = {key: f"--{key.replace('_', '-')} (mlflow run -P {key})" for key in overrides}
-    for setting in settings:
-        key, sep, value = setting.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {setting[:80]!r}", param_hint="--set")
-        overrides[key.strip()] = value.strip()
-        origins[key.strip()] = f"--set {key.strip()}=..."
+    given = _settings(settings)
+    overrides.update(given)
+    origins.update({key: f"--set {key}=..." for key in given})
     try:
         config = load_config(phase, overrides, origins)
         if not resume:

@@ -43,9 +43,8 @@ from fer.tracking import (
     TAG_PHASE,
     TAG_RUN_KIND,
     TAG_STOPPED_BY,
-    TAG_SWEEP_TRIAL,
-    configure_tracking,
-    experiment_in_use,
+    client_for_command,
+    first_finished_run,
 )
 
 PHASE_COMMANDS = {
@@ -124,43 +123,16 @@ class Row:
 # ------------------------------------------------------------------ finding runs
 
 
-def latest_finished_run(client: MlflowClient, experiment_ids: list[str], phase: str) -> Run | None:
-    """The latest finished run of `phase`, sweep trials left out, or None.
-
-    A sweep's trials are phase runs too, often on a smaller data set and fewer epochs; the
-    latest of them is rarely the run a user means by "the latest phase 2" (compare one by id).
-
-    Example:
-        run = latest_finished_run(MlflowClient(), ["1"], "phase2")
-    """
-    page_token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids,
-            filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=100,
-            page_token=page_token,
-        )
-        for run in page:
-            if TAG_SWEEP_TRIAL not in run.data.tags:
-                return run
-        page_token = page.token
-        if not page_token:
-            return None
-
-
 def resolve_runs(
     client: MlflowClient, experiment: str, baseline_run_id: str | None, final_run_id: str | None
 ) -> tuple[Run, Run]:
     """The runs given by id, else the latest finished phase-1 / phase-2 runs in `experiment` (not sweep trials)."""
     found = {}
-    experiment_obj = client.get_experiment_by_name(experiment)
     for phase, run_id in (("phase1", baseline_run_id), ("phase2", final_run_id)):
         if run_id:
             found[phase] = client.get_run(run_id)
             continue
-        run = latest_finished_run(client, [experiment_obj.experiment_id], phase) if experiment_obj else None
+        run = first_finished_run(client, experiment, phase)
         if run is None:
             command = PHASE_COMMANDS[phase].format(experiment=experiment)
             raise CompareError(
@@ -449,9 +421,7 @@ def compare(
     experiment: str = "fer",
 ) -> tuple[str, list[Row], str]:
     """Build the table, log it to a `compare` run; returns (compare run id, rows, markdown)."""
-    configure_tracking(None)
-    client = MlflowClient()
-    experiment = experiment_in_use(client, experiment)
+    client, experiment = client_for_command(experiment)
     runs = resolve_runs(client, experiment, baseline_run_id, final_run_id)
     baseline, final = (summarize(run, read_history(client, run.info.run_id)) for run in runs)
     rows = comparison_rows(baseline, final) + diagnostic_rows(client, runs, (baseline, final))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +115,33 @@ class TrainConfig:
         """Flat `section.key: value` dict, the form MLflow params take."""
         return flatten(dataclasses.asdict(self))
 
+    def data_options(self) -> dict[str, Any]:
+        """The keyword arguments of `fer.data.load` that this run's data depends on besides its source.
 
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+        Training and `fer export`'s re-measurement load the same splits with them.
+
+        Example:
+            splits = fer.data.load(config.data, **config.data_options())
+        """
+        return {"label_mode": self.label_mode, "skip_bad": self.skip_bad, "val_fraction": self.val_fraction,
+                "seed": self.seed}
+
+
+def flatten(values: dict, prefix: str = "", is_value: Callable[[dict], bool] | None = None) -> dict[str, Any]:
     """Nested settings as flat `section.key` names; flat keys pass as they are.
+
+    A mapping is a section, unless `is_value(mapping)` says it is a value itself (a sweep's
+    `{choices: [...]}`, say), which is then kept whole.
 
     >>> flatten({"augmentation": {"zoom": 0.1}, "epochs": 3})
     {'augmentation.zoom': 0.1, 'epochs': 3}
+    >>> flatten({"augmentation": {"zoom": {"low": 0.0, "high": 0.2}}}, is_value=lambda m: "low" in m)
+    {'augmentation.zoom': {'low': 0.0, 'high': 0.2}}
     """
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and not (is_value and is_value(value)):
+            flat.update(flatten(value, f"{prefix}{key}.", is_value))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -1,32 +1,18 @@
-"""Networks out of MLflow: ONNX and LiteRT files, checked against Keras, optionally int8.
+"""What a training run and `fer export` do with exported files (`fer.exported`, `fer.quantization`).
 
-A file is only as good as its agreement with the network it came from, so
-every export here is checked on real faces before it is kept:
-
-- `export_network`: the file, written by Keras's own exporter
-  (`model.export(path, format="onnx" | "litert")`; ONNX goes through tf2onnx);
-- `OnnxRuntimeNetwork`, `LiteRTNetwork`: an exported file run by ONNX Runtime or
-  the LiteRT interpreter with `fer.serving.forward`'s contract (raw faces in,
-  float32 N x 48 x 48 x 1 with pixel values 0-255; N x 8 probabilities out);
-- `measure_parity`: the largest probability difference and the share of faces
-  whose most probable emotion differs;
-- `quantize`: an int8 copy (ONNX Runtime's static quantization calibrated on
-  training faces, or its dynamic one; LiteRT's full-integer or dynamic-range);
 - `log_onnx_model`: what every training run does (`model.onnx` beside the
   pyfunc, parity metrics), skipped with a logged reason, never a failed run,
   when the converter is missing or fails;
 - `export_model`: what `fer export` does for any logged run or registered
   version: the file, the int8 copy, the validation accuracy of each against the
-  Keras network's, printed and logged to the model's run.
-
-onnx, onnxruntime and tf2onnx are an optional extra (`pip install ".[onnx]"`);
-LiteRT uses TensorFlow's own `tf.lite`.
+  Keras network's, printed and logged to the model's run;
+- `log_onnx_engine_pyfunc`: a pyfunc that runs the ONNX file in ONNX Runtime,
+  served without TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import tempfile
 import time
@@ -35,21 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.data.splits import EMOTIONS, NUM_CLASSES
-from fer.serving import FACE_SHAPE, forward
-
-FORMATS = ("onnx", "litert")
-SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
-# int8: weights and activations in int8, activation ranges calibrated on training faces (static);
-# int8-dynamic: int8 weights, activation ranges measured on each input as it runs.
-QUANTIZATIONS = ("int8", "int8-dynamic")
-REQUIRED_MODULES = {"onnx": ("tf2onnx", "onnx", "onnxruntime"), "litert": ("tensorflow.lite",)}
-INSTALL_HINT = {"onnx": 'pip install "fer-mlflow[onnx]" (onnx, onnxruntime, tf2onnx)', "litert": "pip install tensorflow"}
-
-# An export whose probabilities differ from Keras's by more than this is not kept. Float32
-# round-off gives ~1e-7 (the phase-2 network: 2e-8); anything near 1e-4 is a wrong operation.
-PARITY_TOLERANCE = 1e-4
-DEFAULT_CALIBRATION_FACES = 500
+from fer.data.splits import EMOTIONS
+from fer.exported import (
+    PARITY_TOLERANCE,
+    SUFFIXES,
+    ConverterMissing,
+    ExportError,
+    OnnxRuntimeNetwork,
+    Parity,
+    as_faces,
+    export_network,
+    first_line,
+    float32_copy,
+    load_exported,
+    measure_parity,
+    require_converter,
+)
+from fer.quantization import DEFAULT_CALIBRATION_FACES, QUANTIZATIONS, calibration_sample, quantize
+from fer.serving import forward
 
 ONNX_ARTIFACT = "model.onnx"
 TAG_ONNX = "fer.onnx"  # "logged" or "skipped"
@@ -57,315 +46,8 @@ TAG_ONNX_SKIPPED = "fer.onnx_skipped_reason"
 EXPORT_ARTIFACTS = "export"  # where `fer export` logs its files in the model's run
 
 
-class ExportError(RuntimeError):
-    """A network could not be exported, checked or measured; the message says why and what to do."""
-
-
-class ConverterMissing(ExportError):
-    """What a format needs is not installed; the message names the packages and the pip command."""
-
-
 class OnnxExportSkipped(UserWarning):
     """A training run logged no `model.onnx`; its tag `fer.onnx_skipped_reason` says why."""
-
-
-# ---------------------------------------------------------------------------
-# Writing the file
-
-
-def require_converter(format: str) -> None:
-    """Raise ConverterMissing unless the modules `format` needs import.
-
-    >>> require_converter("litert")  # TensorFlow's tf.lite: always there with TensorFlow
-    """
-    if format not in FORMATS:
-        raise ExportError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
-    _require(REQUIRED_MODULES[format], f"{format} export", INSTALL_HINT[format])
-
-
-def _require(modules: tuple[str, ...], what: str, hint: str) -> None:
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            missing.append(f"{name} ({_first_line(err)})")
-    if missing:
-        raise ConverterMissing(f"{what} needs {', '.join(missing)}, which could not be imported: {hint}")
-
-
-def export_network(network, path: str | Path, format: str = "onnx") -> Path:
-    """Write `network` (a Keras model taking N x 48 x 48 x 1 faces) to `path` as ONNX or LiteRT; the path.
-
-    Keras's exporter traces the inference graph (dropout off, batch-norm moving
-    statistics), any batch size. A network under a mixed-precision policy is
-    exported as a float32 copy: Keras's ONNX exporter needs float32, and CPUs
-    run it faster anyway.
-
-    Example:
-        export_network(build_model("baseline"), "baseline.onnx")
-        probabilities = forward(OnnxRuntimeNetwork("baseline.onnx"), faces)
-    """
-    require_converter(format)
-    path = Path(path)
-    if path.suffix != SUFFIXES[format]:
-        raise ExportError(f"a {format} file must end in {SUFFIXES[format]}; got {path}")
-    network = float32_copy(network)
-    # Keras exports only a network that has run (it reads the input signature from the call);
-    # a freshly built or loaded one, like the flip-TTA wrapper, runs once here on a blank face.
-    forward(network, np.zeros((1, *FACE_SHAPE), np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_converter():
-        network.export(str(path), format=format, verbose=False)
-    if not path.is_file():
-        raise ExportError(f"Keras's {format} exporter wrote nothing at {path}")
-    return path
-
-
-def float32_copy(network):
-    """`network` itself when all its layers compute in float32, else a float32 copy with the same weights."""
-    import keras
-
-    if all(layer.dtype_policy.name == "float32" for layer in _all_layers(network)):
-        return network
-    config = _float32_config(keras.saving.serialize_keras_object(network))
-    from fer import models  # noqa: F401  registers the layers a flip-TTA network is built from
-
-    copy = keras.saving.deserialize_keras_object(config)
-    copy.set_weights(network.get_weights())
-    return copy
-
-
-def _all_layers(network):
-    for layer in network.layers:
-        yield layer
-        if hasattr(layer, "layers"):  # a network nested in the flip-TTA wrapper
-            yield from _all_layers(layer)
-
-
-def _float32_config(config):
-    """A serialized model with every dtype policy replaced by float32."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config.get("config", {}), "name": "float32"}}
-        return {key: _float32_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(value) for value in config]
-    return config
-
-
-class _quiet_converter:
-    """tf2onnx logs every conversion step at INFO; keep its warnings and errors only."""
-
-    def __enter__(self):
-        import logging
-
-        self.logger = logging.getLogger("tf2onnx")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.WARNING)
-        self.warnings = warnings.catch_warnings()
-        self.warnings.__enter__()
-        # Keras's numpy-2 patch of tf2onnx (keras/src/export/tf2onnx_lib.py) trips numpy's own notice.
-        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
-
-    def __exit__(self, *exc):
-        self.warnings.__exit__(*exc)
-        self.logger.setLevel(self.level)
-
-
-# ---------------------------------------------------------------------------
-# Running the file
-
-
-class OnnxRuntimeNetwork:
-    """An ONNX file run by ONNX Runtime on the CPU; use it with `fer.serving.forward` like a Keras network.
-
-    Example:
-        probabilities = forward(OnnxRuntimeNetwork("model.onnx"), faces)  # N x 8, float32
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        _require(("onnxruntime",), "running an ONNX file", "pip install onnxruntime")
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def predict_on_batch(self, faces: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.asarray(faces, np.float32)})[0]
-
-
-class LiteRTNetwork:
-    """A `.tflite` file run by TensorFlow's LiteRT interpreter; use it with `fer.serving.forward`."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import tensorflow as tf
-
-        with warnings.catch_warnings():  # tf.lite.Interpreter says it moves to ai_edge_litert; it still runs
-            warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
-        self.batch = None
-
-    def predict_on_batch(self, faces: np.ndarray) -> np.ndarray:
-        faces = np.asarray(faces, np.float32)
-        if self.batch != len(faces):  # the file allows any batch; the interpreter sizes its tensors for one
-            self.interpreter.resize_tensor_input(self.input, faces.shape)
-            self.interpreter.allocate_tensors()
-            self.batch = len(faces)
-        self.interpreter.set_tensor(self.input, faces)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output).copy()
-
-
-def load_exported(path: str | Path, threads: int | None = None):
-    """The runtime for an exported file, by its suffix (.onnx: ONNX Runtime, .tflite: LiteRT)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"No exported model at {path}")
-    if path.suffix == SUFFIXES["onnx"]:
-        return OnnxRuntimeNetwork(path, threads)
-    if path.suffix == SUFFIXES["litert"]:
-        return LiteRTNetwork(path, threads)
-    raise ExportError(f"{path}: expected a .onnx or .tflite file")
-
-
-# ---------------------------------------------------------------------------
-# Checking it
-
-
-@dataclasses.dataclass(frozen=True)
-class Parity:
-    """How far an exported network's probabilities are from the Keras network's on the same faces."""
-
-    max_abs_diff: float  # the largest |p_keras - p_exported| over every face and emotion
-    class_mismatch: float  # the share of faces whose most probable emotion differs
-    faces: int
-
-    def holds(self, tolerance: float = PARITY_TOLERANCE) -> bool:
-        return self.max_abs_diff <= tolerance
-
-    def metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_max_abs_diff": self.max_abs_diff, f"{prefix}_class_mismatch": self.class_mismatch}
-
-    def describe(self) -> str:
-        return (f"max |p_keras - p_exported| {self.max_abs_diff:.2e}, predicted emotion differs on "
-                f"{self.class_mismatch:.2%} of {self.faces:,} faces")
-
-
-def measure_parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
-    """Parity of `candidate` probabilities (N x 8) against `reference` (N x 8, the Keras network's).
-
-    >>> parity = measure_parity(np.eye(8)[:2], np.eye(8)[:2] * 0.9)
-    >>> round(parity.max_abs_diff, 6), parity.class_mismatch
-    (0.1, 0.0)
-    """
-    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    if reference.shape != candidate.shape or reference.ndim != 2 or reference.shape[1] != NUM_CLASSES:
-        raise ValueError(f"expected two N x {NUM_CLASSES} arrays; got {reference.shape} and {candidate.shape}")
-    if not len(reference):
-        raise ValueError("parity needs at least one face")
-    return Parity(
-        max_abs_diff=float(np.abs(reference - candidate).max()),
-        class_mismatch=float(np.mean(reference.argmax(axis=1) != candidate.argmax(axis=1))),
-        faces=len(reference),
-    )
-
-
-def as_faces(images: np.ndarray) -> np.ndarray:
-    """float32 N x 48 x 48 x 1 from uint8 N x 48 x 48 split images (or faces already shaped so)."""
-    faces = np.asarray(images, np.float32)
-    if faces.ndim == 3:
-        faces = faces[..., np.newaxis]
-    if faces.shape[1:] != FACE_SHAPE:
-        raise ValueError(f"expected faces N x 48 x 48 (x 1); got shape {np.shape(images)}")
-    return faces
-
-
-# ---------------------------------------------------------------------------
-# int8
-
-
-class _FaceBatches:
-    """Calibration input for ONNX Runtime's static quantization: the faces in batches (a CalibrationDataReader)."""
-
-    def __init__(self, input_name: str, faces: np.ndarray, batch: int = 32):
-        self.batches = iter([{input_name: faces[i : i + batch]} for i in range(0, len(faces), batch)])
-
-    def get_next(self) -> dict | None:
-        return next(self.batches, None)
-
-
-def quantize(source: str | Path, destination: str | Path, method: str = "int8",
-             calibration_faces: np.ndarray | None = None, network=None) -> Path:
-    """An int8 copy of the exported file `source` at `destination`; the destination.
-
-    ONNX (`source` a .onnx file): "int8" is ONNX Runtime's static quantization
-    in QDQ form (uint8 activations, int8 per-channel weights, the activation
-    ranges calibrated on `calibration_faces`, raw training faces N x 48 x 48 x 1),
-    after its pre-processing (shape inference, graph optimization);
-    "int8-dynamic" quantizes the weights only and measures activation ranges at
-    run time (no calibration).
-
-    LiteRT (a .tflite `source`): the converter quantizes while it converts, so
-    give the Keras `network` too; "int8" is full-integer quantization calibrated
-    on `calibration_faces` (float input and output kept), "int8-dynamic" its
-    dynamic-range quantization.
-
-    Example:
-        quantize("model.onnx", "model.int8.onnx", "int8", training_faces[:500])
-    """
-    source, destination = Path(source), Path(destination)
-    if method not in QUANTIZATIONS:
-        raise ExportError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {method!r}")
-    if method == "int8" and (calibration_faces is None or not len(calibration_faces)):
-        raise ExportError("static int8 quantization needs calibration faces (a sample of the training split)")
-    calibration = None if calibration_faces is None else as_faces(calibration_faces)
-    if source.suffix == SUFFIXES["litert"]:
-        if network is None:
-            raise ExportError("LiteRT quantizes while converting: give the Keras network")
-        return _quantize_litert(network, destination, method, calibration)
-    require_converter("onnx")
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
-
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        # ONNX Runtime's pre-processing (shape inference, graph optimization) before either method. Symbolic
-        # shape inference is for transformers and needs sympy; a CNN's shapes are static.
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        if method == "int8-dynamic":
-            # uint8 weights: ONNX Runtime's CPU ConvInteger has no int8-weight kernel.
-            quantize_dynamic(str(prepared), str(destination), weight_type=QuantType.QUInt8)
-            return destination
-        input_name = OnnxRuntimeNetwork(prepared).input_name
-        quantize_static(
-            str(prepared),
-            str(destination),
-            _FaceBatches(input_name, calibration),
-            quant_format=QuantFormat.QDQ,  # what ONNX Runtime's CPU kernels are optimized for
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-    return destination
-
-
-def _quantize_litert(network, destination: Path, method: str, calibration: np.ndarray | None) -> Path:
-    import tensorflow as tf
-
-    if destination.suffix != SUFFIXES["litert"]:
-        raise ExportError(f"a litert file must end in .tflite; got {destination}")
-    options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
-    if method == "int8":
-        options["representative_dataset"] = lambda: ([face[np.newaxis]] for face in calibration)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    float32_copy(network).export(str(destination), format="litert", verbose=False, **options)
-    return destination
 
 
 # ---------------------------------------------------------------------------
@@ -402,7 +84,7 @@ def log_onnx_model(network, images: np.ndarray) -> Parity | None:
         except ConverterMissing as err:
             return _skip_onnx(str(err))
         except Exception as err:  # a converter that cannot take some operation must not fail the run
-            return _skip_onnx(f"the ONNX export failed: {type(err).__name__}: {_first_line(err)}")
+            return _skip_onnx(f"the ONNX export failed: {type(err).__name__}: {first_line(err)}")
         mlflow.log_metrics({**parity.metrics("onnx_parity"), "onnx_export_seconds": time.monotonic() - started})
         if not parity.holds():
             return _skip_onnx(f"ONNX Runtime disagrees with Keras on the evaluated faces ({parity.describe()}; "
@@ -653,7 +335,7 @@ def load_logged_network(model_uri: str, folder: Path) -> LoggedNetwork:
     try:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
     except (MlflowException, OSError) as err:
-        raise ExportError(f"Cannot download model {model_uri}: {_first_line(err)}") from None
+        raise ExportError(f"Cannot download model {model_uri}: {first_line(err)}") from None
     try:
         keras_file = find_keras_file(local)
     except FileNotFoundError as err:
@@ -691,13 +373,7 @@ def measurement_data(client, run_id: str | None, data: str | None):
                           "(a FER+ folder, fer2013.csv, an image-folder tree, or synthetic[:N]).")
     if config is None:
         return fer_data.load(data), 0
-    return fer_data.load(
-        data or config.data,
-        label_mode=config.label_mode,
-        skip_bad=config.skip_bad,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    ), config.seed
+    return fer_data.load(data or config.data, **config.data_options()), config.seed
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -722,14 +398,6 @@ def _training_config(client, run_id: str):
             return None
         run_id = source
     return config_of_run(client, run_id)
-
-
-def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """`count` training faces drawn without replacement (all of them when there are fewer)."""
-    if count < 1:
-        raise ExportError(f"calibration needs at least one face; got {count}")
-    chosen = np.random.default_rng(seed).permutation(len(images))[:count]
-    return as_faces(images[np.sort(chosen)])
 
 
 def _measured(name, label, path, probabilities, reference, labels) -> Measured:
@@ -764,8 +432,3 @@ def _tracking_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__

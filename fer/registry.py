@@ -38,8 +38,8 @@ from fer.tracking import (
     TAG_MODEL,
     TAG_PHASE,
     TAG_RUN_KIND,
-    configure_tracking,
-    experiment_in_use,
+    client_for_command,
+    first_finished_run,
 )
 
 DEFAULT_MODEL_NAME = "fer-emotion"
@@ -82,14 +82,14 @@ class Decision:
 
 def best_finished_run(client: MlflowClient, experiment: str, metric: str, phase: str = "phase2") -> Run:
     """The finished run of `phase` with the highest `metric` in `experiment`."""
-    runs = _first_finished(client, experiment, phase, f"metrics.`{metric}` DESC")
-    if not runs or metric not in runs[0].data.metrics:
+    run = first_finished_run(client, experiment, phase, order_by=f"metrics.`{metric}` DESC")
+    if run is None or metric not in run.data.metrics:
         raise PromotionError(
             f"No finished {phase} run with metric {metric!r} in experiment {experiment!r} at "
             f"{mlflow.get_tracking_uri()}. Train one first: "
             f"mlflow run . -e {phase} --env-manager local --experiment-name {experiment}"
         )
-    return runs[0]
+    return run
 
 
 def final_run_of_latest_compare(client: MlflowClient, experiment: str) -> Run:
@@ -98,30 +98,17 @@ def final_run_of_latest_compare(client: MlflowClient, experiment: str) -> Run:
     Example:
         run = final_run_of_latest_compare(MlflowClient(), "fer")  # what `fer compare` just compared
     """
-    compares = _first_finished(client, experiment, "compare", "attributes.start_time DESC")
-    if not compares:
+    latest = first_finished_run(client, experiment, "compare")
+    if latest is None:
         raise PromotionError(
             f"No finished compare run in experiment {experiment!r} at {mlflow.get_tracking_uri()}, so there is "
             f"no 'latest compare' to promote from. Compare first: "
             f"mlflow run . -e compare --env-manager local --experiment-name {experiment}"
         )
-    final_run_id = compares[0].data.tags.get("fer.final_run_id")
+    final_run_id = latest.data.tags.get("fer.final_run_id")
     if not final_run_id:
-        raise PromotionError(f"Compare run {compares[0].info.run_id} has no tag fer.final_run_id; run compare again.")
+        raise PromotionError(f"Compare run {latest.info.run_id} has no tag fer.final_run_id; run compare again.")
     return client.get_run(final_run_id)
-
-
-def _first_finished(client: MlflowClient, experiment: str, phase: str, order_by: str) -> list[Run]:
-    """The first finished run tagged `phase` in `experiment` by `order_by`, as a list of at most one."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
-        order_by=[order_by],
-        max_results=1,
-    )
 
 
 def resolve_source_run(client: MlflowClient, experiment: str, run_id: str | None, metric: str) -> Run:
@@ -178,9 +165,7 @@ def promote(
         decision = promote("latest-compare", min_value=0.5)
         print(decision.to_text())
     """
-    configure_tracking(None)
-    client = MlflowClient()
-    experiment = experiment_in_use(client, experiment)
+    client, experiment = client_for_command(experiment)
     source = resolve_source_run(client, experiment, run_id, metric)
     if metric not in source.data.metrics:
         raise PromotionError(f"Run {source.info.run_id} has no metric {metric!r}; choose another with --metric.")

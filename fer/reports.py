@@ -40,7 +40,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from fer.calibration import Reliability, reliability
+from fer.calibration import Reliability, class_indices, reliability
 from fer.calibration import log_loss as _log_loss
 from fer.history import best_epoch, format_rate, marked_rate_steps
 from fer.history import learning_rates as _learning_rates
@@ -295,6 +295,15 @@ class BestPerformance:
         return dataclasses.asdict(self)
 
 
+# (BestPerformance field, history key, higher is better), in the order errors are raised.
+_BEST_OF = (
+    ("best_train_accuracy", "accuracy", True),
+    ("best_val_accuracy", "val_accuracy", True),
+    ("lowest_train_loss", "loss", False),
+    ("lowest_val_loss", "val_loss", False),
+)
+
+
 def _best(history: dict, key: str, higher_is_better: bool) -> tuple[float, int]:
     """(value, 1-based epoch) of the best entry of history[key], first on ties."""
     values = _series(history, key)
@@ -315,22 +324,11 @@ def best_performance(history: dict) -> BestPerformance:
     Raises ValueError naming the key when accuracy, loss, val_accuracy or
     val_loss is missing or empty.
     """
-    train_acc, train_acc_epoch = _best(history, "accuracy", True)
-    val_acc, val_acc_epoch = _best(history, "val_accuracy", True)
-    train_loss, train_loss_epoch = _best(history, "loss", False)
-    val_loss, val_loss_epoch = _best(history, "val_loss", False)
-    epochs = max(len(history[k]) for k in ("accuracy", "val_accuracy", "loss", "val_loss"))
-    return BestPerformance(
-        best_train_accuracy=train_acc,
-        best_train_accuracy_epoch=train_acc_epoch,
-        best_val_accuracy=val_acc,
-        best_val_accuracy_epoch=val_acc_epoch,
-        lowest_train_loss=train_loss,
-        lowest_train_loss_epoch=train_loss_epoch,
-        lowest_val_loss=val_loss,
-        lowest_val_loss_epoch=val_loss_epoch,
-        epochs=epochs,
-    )
+    fields = {}
+    for field, key, higher_is_better in _BEST_OF:
+        fields[field], fields[f"{field}_epoch"] = _best(history, key, higher_is_better)
+    epochs = max(len(history[key]) for _, key, _ in _BEST_OF)
+    return BestPerformance(**fields, epochs=epochs)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -466,13 +464,7 @@ def _labels(y_true, k: int) -> np.ndarray:
         y = y.argmax(axis=1)
     if y.ndim != 1:
         raise ValueError(f"y_true must be labels (N,) or targets (N, K); got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("y_true must hold integer class indices")
-        y = y.astype(int)
-    if y.size and (y.min() < 0 or y.max() >= k):
-        raise ValueError(f"y_true holds labels outside 0..{k - 1}")
-    return y
+    return class_indices(y, k, "y_true")
 
 
 def evaluate_predictions(y_true, probabilities, class_names, split: str) -> Evaluation:

@@ -86,7 +86,7 @@ def load_engine(artifacts: dict):
     imported), else its Keras network; either traced once on a blank face and used through `forward`."""
     if ONNX_MODEL_ARTIFACT not in artifacts:
         return load_network(artifacts[KERAS_ARTIFACT])
-    from fer.export import OnnxRuntimeNetwork
+    from fer.exported import OnnxRuntimeNetwork
 
     network = OnnxRuntimeNetwork(artifacts[ONNX_MODEL_ARTIFACT])
     forward(network, np.zeros((1, *FACE_SHAPE), np.float32))

@@ -210,9 +210,7 @@ def load_sweep(
     """
     path = sweep_path(name_or_path)
     values = _read_yaml(path)
-    unknown = sorted(set(map(str, values)) - set(SWEEP_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown entries {unknown}; a sweep file has {', '.join(SWEEP_KEYS)}.")
+    _only(values, SWEEP_KEYS, "top-level", path)
     name = name or path.stem
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
@@ -299,7 +297,7 @@ def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension
                           "`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`.")
     defaults = TrainConfig().to_params()
     dimensions = []
-    for key, spec in _flat_space(space).items():
+    for key, spec in flatten(space, is_value=_is_entry).items():
         entry = f"space.{key} in {path}"
         if key not in defaults:
             raise ConfigError(f"{entry}: {key!r} is not a setting; settings are {sorted(defaults)}.")
@@ -314,15 +312,9 @@ def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension
     return tuple(dimensions)
 
 
-def _flat_space(space: dict, prefix: str = "") -> dict[str, dict]:
-    """A section (augmentation:) may hold its settings' entries; an entry is a mapping with choices or low/high."""
-    flat = {}
-    for key, value in space.items():
-        if isinstance(value, dict) and not ({"choices", "low", "high"} & set(value)):
-            flat.update(_flat_space(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _is_entry(mapping: dict) -> bool:
+    """A search-space entry is a mapping with choices or low/high; any other mapping is a section (augmentation:)."""
+    return bool({"choices", "low", "high"} & set(mapping))
 
 
 def _dimension(key: str, spec, kind: type, entry: str) -> Dimension:

@@ -12,13 +12,13 @@ NVIDIA GPUs (the `gpu` extra: `pip install "fer-mlflow[gpu]"`; AMD GPUs need
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import sys
 
 import mlflow
 from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+
+from fer.tracking import environment_set
 
 
 def start_run(
@@ -38,7 +38,8 @@ def start_run(
     enabled = enabled and _psutil_installed()
     if enabled:
         _hint_if_gpu_figures_are_missing()
-    with _sampling_interval(interval_seconds):  # MLflow reads it once, when it starts the monitor
+    # MLflow reads the interval from the environment once, when it starts the monitor.
+    with environment_set({MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name: str(interval_seconds)}):
         return mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=enabled, **start_run_args)
 
 
@@ -59,18 +60,3 @@ def _hint_if_gpu_figures_are_missing() -> None:
     if tf.config.list_physical_devices("GPU"):
         print('System metrics: no GPU figures without nvidia-ml-py (pip install "fer-mlflow[gpu]").',
               file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _sampling_interval(seconds: float):
-    """MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL set to `seconds` for the block, then as it was."""
-    name = MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name
-    saved = os.environ.get(name)
-    os.environ[name] = str(seconds)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved

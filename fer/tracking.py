@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 try:
     import fcntl
@@ -84,6 +85,53 @@ def experiment_in_use(client: MlflowClient, experiment: str) -> str:
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
+def first_finished_run(
+    client: MlflowClient, experiment: str, phase: str, order_by: str = "attributes.start_time DESC"
+) -> Run | None:
+    """The first FINISHED run tagged `fer.phase` = `phase` in the experiment named `experiment`, by
+    `order_by` (default: the latest), sweep trials left out; None when there is none, or no such experiment.
+
+    A sweep's trials are phase runs too, often on a smaller data set and fewer epochs; the
+    latest or best of them is rarely the run a user means by "the latest phase 2" (name one by id).
+
+    Example:
+        best = first_finished_run(client, "fer", "phase2", order_by="metrics.`best_val_accuracy` DESC")
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    page_token = None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{TAG_PHASE}` = '{phase}' and attributes.status = 'FINISHED'",
+            order_by=[order_by],
+            max_results=100,
+            page_token=page_token,
+        )
+        for run in page:
+            if TAG_SWEEP_TRIAL not in run.data.tags:
+                return run
+        page_token = page.token
+        if not page_token:
+            return None
+
+
+def client_for_command(experiment: str) -> tuple[MlflowClient, str]:
+    """What a command that reads runs (compare, promote) starts with: tracking configured from the
+    environment, a client of that store, and the experiment it works in (`experiment_in_use`).
+
+    Raises TrackingServerError when the tracking server cannot be used (see `configure_tracking`).
+
+    Example:
+        client, experiment = client_for_command("fer")
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    """
+    configure_tracking(None)
+    client = MlflowClient()
+    return client, experiment_in_use(client, experiment)
+
+
 class TrackingServerError(ConnectionError):
     """The tracking server cannot be used; raised before any work starts."""
 
@@ -95,10 +143,9 @@ PREFLIGHT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TI
 
 def check_server(uri: str) -> None:
     """Make one real API call to the tracking server; fail clearly if it does not answer as MLflow."""
-    saved = {key: os.environ.get(key) for key in PREFLIGHT_ENV}
-    os.environ.update(PREFLIGHT_ENV)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with environment_set(PREFLIGHT_ENV):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # connection refused, DNS, 401/403, not an MLflow server, ...
         reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         raise TrackingServerError(
@@ -106,6 +153,22 @@ def check_server(uri: str) -> None:
             "Check that it is running and reachable, and, for a server with authentication, that "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are set. Nothing was trained."
         ) from err
+
+
+@contextlib.contextmanager
+def environment_set(values: dict[str, str]):
+    """`values` in os.environ for the block; after it, each of those variables as it was (or unset again).
+
+    For settings MLflow reads from the environment only (retries, the system-metrics interval).
+
+    Example:
+        with environment_set({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
+            MlflowClient(uri).search_experiments(max_results=1)
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:

@@ -253,7 +253,7 @@ def prepare(config: TrainConfig, use_cache: bool = True, resumed: SavedCheckpoin
     strategy = distribute.choose_strategy(config)  # before TensorFlow starts its runtime
 
     # 1. Data
-    splits = _load_data(config, use_cache)
+    splits = fer_data.load(config.data, use_cache=use_cache, **config.data_options())
     _print_data_summary(splits)
 
     # 2. Pipeline: batch_size is per replica, so a step takes batch_size x replicas
@@ -300,17 +300,6 @@ def _train_worker(config: TrainConfig, use_cache: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
         _fit(prepared, config, training_callbacks(config, prepared.steps_per_epoch, Path(tmp)))
     print(f"Worker {distribute.task_name()} done; the chief logged the run.")
-
-
-def _load_data(config: TrainConfig, use_cache: bool) -> Splits:
-    return fer_data.load(
-        config.data,
-        label_mode=config.label_mode,
-        skip_bad=config.skip_bad,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        use_cache=use_cache,
-    )
 
 
 def training_datasets(splits: Splits, config: TrainConfig, batch_size: int):

@@ -21,16 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from local_servers import free_port, stop_process_group, wait_until_healthy  # scripts/ is on the path
 
 # The UI's name for the "Model training" side of its GenAI / Model training switch.
 MODEL_TRAINING = "machine_learning"
@@ -67,13 +65,6 @@ def chromium_path() -> str:
     raise BrowserUnavailable("no Chromium found: apt-get install chromium (Debian), or set FER_CHROMIUM")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_ui(tracking_uri: str, folder: Path, timeout: float = 240) -> Iterator[str]:
     """`mlflow ui` on `tracking_uri`, on a free port of 127.0.0.1; yields its base URL, stops it after.
@@ -92,10 +83,10 @@ def mlflow_ui(tracking_uri: str, folder: Path, timeout: float = 240) -> Iterator
         process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(base, process, timeout, log_path)
+        wait_until_healthy(base, process, timeout, what="mlflow ui", log=log_path)
         yield base
     finally:
-        _stop_process_group(process)
+        stop_process_group(process)
 
 
 @contextlib.contextmanager
@@ -147,29 +138,3 @@ def run_url(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
     """One run's page; tab "" (overview), "model-metrics" or "artifacts"."""
     path = f"/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
     return f"{base}{path}?{_query(workflowType=MODEL_TRAINING)}"
-
-
-def _wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop_process_group(process)
-            raise RuntimeError(f"mlflow ui at {base} did not start within {timeout:.0f}s:\n"
-                               f"{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop_process_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()

@@ -3,11 +3,8 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,6 +12,19 @@ import pytest
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# Re-exported for the tests that start servers (scripts/local_servers.py is shared with the benchmarks).
+from local_servers import (  # noqa: E402, F401
+    ServerDidNotStart,
+    free_port,
+    start_model_server,
+    start_tracking_server,
+    stop_process_group,
+    tracking_server,
+    wait_until_healthy,
+)
+
 EXPERIMENT = "fer-test"
 TRAINED_EPOCHS = 2
 
@@ -40,24 +50,6 @@ def isolated_mlflow_state():
             os.environ[name] = value
 
 
-def wait_until_healthy(
-    uri: str, process: subprocess.Popen, timeout: float, what: str = "mlflow server", log: Path | None = None
-) -> None:
-    """Poll `uri`/health until the server answers 200; fail if it exits or the time runs out (with its log)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            pytest.fail(f"{what} at {uri} did not start within {timeout:.0f}s\n{tail}")
-        time.sleep(0.5)
-
-
 def project_env(tracking_uri: str, tmp_path: Path) -> dict:
     """The environment a user's shell would give `mlflow run`, pointed at a test store."""
     # mlflow.set_experiment in an in-process test exports MLFLOW_EXPERIMENT_ID: don't leak it.
@@ -67,6 +59,19 @@ def project_env(tracking_uri: str, tmp_path: Path) -> dict:
     # mlflow run --env-manager local runs `python` from PATH: make it this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def fer_cli(args: list[str], tracking_uri: str, tmp_path: Path, timeout: float | None = None,
+            **extra_env: str) -> subprocess.CompletedProcess:
+    """`python -m fer.cli ARGS` as a user's shell runs it: `project_env` of `tracking_uri` plus
+    `extra_env`, in tmp_path, its own process; stdout and stderr captured as text.
+
+    Example:
+        result = fer_cli(["compare"], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    """
+    env = {**project_env(tracking_uri, tmp_path), **extra_env}
+    return subprocess.run([sys.executable, "-m", "fer.cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def mlflow_run(entry_point: str, params: dict, tracking_uri: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -86,6 +91,25 @@ def run_or_fail(entry_point: str, params: dict, tracking_uri: str, tmp_path: Pat
     result = mlflow_run(entry_point, params, tracking_uri, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def compare_and_promote(model_name: str, tracking_uri: str, tmp_path: Path) -> tuple[MlflowClient, list]:
+    """`mlflow run -e compare`, then `-e promote`, after phase 1 and phase 2 ran into `tracking_uri`.
+
+    Asserts what a user relies on: the promote run says "now champion", version 1 of
+    `model_name` holds the champion alias, and the four runs (phase1, phase2, compare,
+    promote) are all FINISHED in EXPERIMENT. Returns (client, those runs).
+    """
+    run_or_fail("compare", {}, tracking_uri, tmp_path)
+    promoted = run_or_fail("promote", {"model_name": model_name}, tracking_uri, tmp_path)
+    assert "now champion" in promoted.stdout
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert sorted(run.data.tags.get("fer.phase") for run in runs) == ["compare", "phase1", "phase2", "promote"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    return client, runs
 
 
 @pytest.fixture(scope="session")
@@ -139,26 +163,24 @@ def count_decodes(monkeypatch):
     return calls
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def briefly_trained_baseline():
+    """The baseline network after one epoch on 200 drawn faces, the same on every call.
 
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop a server started with `start_new_session=True` and every process it forked.
-
-    `mlflow server` and `mlflow models serve` run their workers as child
-    processes: stopping only the parent would leave those answering.
+    Its weights and batch-norm statistics are no longer the initial ones, so exports, served
+    models and video predictions are checked on a network whose outputs differ from face to face.
     """
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    import keras
+    import numpy as np
+
+    from fer.data.synthetic import make_faces
+    from fer.models import build_model
+
+    keras.utils.set_random_seed(0)
+    network = build_model("baseline")
+    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    faces, labels = make_faces(200, seed=1)
+    network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
+    return network
 
 
 def assert_same_splits(a, b) -> None:
@@ -192,11 +214,13 @@ def active_store(folder: Path):
 
 @pytest.fixture
 def in_process(tmp_path, monkeypatch):
-    """`fer.train.train` called in this process, into a SQLite store (and data cache) in tmp_path; its client."""
+    """A SQLite tracking store (and data cache) in tmp_path, active in this process for MLflow and for
+    `fer.train.train` & co. (MLFLOW_TRACKING_URI, FER_CACHE_DIR, the working folder); its client."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
     yield MlflowClient(uri)
     mlflow.set_tracking_uri(None)

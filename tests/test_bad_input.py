@@ -1,12 +1,10 @@
 """Bad parameters fail fast, with a message, through `mlflow run` and the CLI alike."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_run, project_env
+from conftest import fer_cli, mlflow_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_PACKAGE = ROOT / "fer"
@@ -22,22 +20,14 @@ BAD = [
 @pytest.mark.parametrize("params, message", BAD)
 def test_cli_rejects_bad_parameters_before_training(params, message, tmp_path):
     args = [f"--{key.replace('_', '-')}={value}" for key, value in params.items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "fer.cli", "train", "phase1", *args],
-        env=project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path), cwd=tmp_path,
-        capture_output=True, text=True,
-    )
+    result = fer_cli(["train", "phase1", *args], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
 
 
 def test_cli_rejects_an_unknown_model(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "fer.cli", "train", "phase1", "--model", "resnet"],
-        env=project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path), cwd=tmp_path,
-        capture_output=True, text=True,
-    )
+    result = fer_cli(["train", "phase1", "--model", "resnet"], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     assert result.returncode == 2
     assert "Invalid value for '--model': 'resnet' is not one of 'baseline', 'final'" in result.stderr
 

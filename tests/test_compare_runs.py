@@ -10,7 +10,6 @@ history analysis moved to `fer.history`; any change to it must be deliberate
 import os
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -92,14 +91,11 @@ def log_run(client: MlflowClient, experiment_id: str, spec: dict) -> str:
 
 
 @pytest.fixture
-def pinned_runs(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    client = MlflowClient(uri)
+def pinned_runs(in_process, tmp_path):
+    """(client, baseline run id, final run id): the pinned runs, logged into conftest's `in_process` store."""
+    client = in_process
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
-    yield client, log_run(client, experiment_id, BASELINE), log_run(client, experiment_id, FINAL)
-    mlflow.set_tracking_uri(None)
+    return client, log_run(client, experiment_id, BASELINE), log_run(client, experiment_id, FINAL)
 
 
 def _check_golden(name: str, text: str) -> None:

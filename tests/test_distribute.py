@@ -12,7 +12,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import project_env, run_or_fail
+from conftest import fer_cli, project_env, run_or_fail
 from fer.config import ConfigError, load_config
 from fer.distribute import is_chief, worker_count
 
@@ -134,11 +134,8 @@ def test_two_workers_make_one_mlflow_run_and_only_the_chief_logs(tmp_path, monke
 
 def test_a_multi_worker_run_does_not_resume_across_workers(tmp_path, monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
-    env = {**project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path), "TF_CONFIG": json.dumps(cluster)}
-    result = subprocess.run(
-        [sys.executable, "-m", "fer.cli", "train", "phase1", "--resume", "0123456789abcdef"],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
-    )
+    result = fer_cli(["train", "phase1", "--resume", "0123456789abcdef"], f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     tmp_path, TF_CONFIG=json.dumps(cluster))
     assert result.returncode == 1
     assert "resumes on one machine" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -13,24 +13,21 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mlflow import MlflowClient
+from conftest import briefly_trained_baseline
 
 from fer.data.synthetic import make_faces
-from fer.export import (
+from fer.export import TAG_ONNX, TAG_ONNX_SKIPPED, OnnxExportSkipped, log_onnx_model
+from fer.exported import (
     PARITY_TOLERANCE,
-    TAG_ONNX,
-    TAG_ONNX_SKIPPED,
     ConverterMissing,
-    OnnxExportSkipped,
-    OnnxRuntimeNetwork,
     LiteRTNetwork,
+    OnnxRuntimeNetwork,
     export_network,
     float32_copy,
-    log_onnx_model,
     measure_parity,
-    quantize,
     require_converter,
 )
+from fer.quantization import quantize
 from fer.serving import forward
 
 
@@ -70,16 +67,7 @@ def test_a_missing_converter_names_the_package_and_the_extra(monkeypatch):
 @pytest.fixture(scope="module")
 def trained():
     """The baseline after one epoch on 200 drawn faces, so its weights and batch-norm statistics are not initial."""
-    import keras
-
-    from fer.models import build_model
-
-    keras.utils.set_random_seed(0)
-    network = build_model("baseline")
-    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x, y = faces(200, seed=1)
-    network.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    return network
+    return briefly_trained_baseline()
 
 
 @pytest.mark.slow
@@ -143,16 +131,9 @@ def test_int8_onnx_is_smaller_and_mostly_agrees(trained, tmp_path, method):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A SQLite tracking store (and data cache) in tmp_path, active for MLflow and fer; its client."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
+def store(in_process):
+    """The client of a SQLite store in tmp_path, active for MLflow and fer (conftest's `in_process`)."""
+    return in_process
 
 
 def train_tiny(**settings) -> str:

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import project_env, wait_until_healthy
+from conftest import fer_cli, free_port, project_env, start_tracking_server
 from fer.outbox import kept_until_logged
 from fer.tracking import TrackingServerError, server_unreachable
-from test_remote import free_port
 
 PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "peak_rss_mb")
 OUTAGE_SECONDS = 30
@@ -38,16 +37,9 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = self.folder / "server.log"
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--backend-store-uri", f"sqlite:///{self.database}",
-                 "--artifacts-destination", str(self.folder / "artifacts")],
-                stdout=out, stderr=subprocess.STDOUT, cwd=self.folder,
-                start_new_session=True,  # its own process group, so that stop() ends all of it
-            )
-        wait_until_healthy(self.uri, self.process, timeout=180, log=log)
+        # Its own process group (start_new_session), so that stop() ends all of it; the same
+        # folder/server.db (self.database) every time.
+        self.process = start_tracking_server(self.folder, self.port, timeout=180)
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group and wait until it is gone.
@@ -191,9 +183,8 @@ def test_a_server_that_never_comes_back_leaves_the_run_kept_locally_to_resend(se
 
     # The server is back: the command the error gave sends everything, training nothing again.
     server.start()
-    environment = {**project_env(server.uri, tmp_path), "FER_CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
-    result = subprocess.run([sys.executable, "-m", "fer.cli", *resend.split()[1:]], env=environment, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=900)
+    result = fer_cli(resend.split()[1:], server.uri, tmp_path, timeout=900,
+                     FER_CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Epoch 1/" not in result.stdout
     run = only_run(server.database)

@@ -10,14 +10,12 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, free_port, run_or_fail, stop_process_group, wait_until_healthy
+from conftest import compare_and_promote, free_port, run_or_fail, tracking_server
 
 pytestmark = pytest.mark.slow
 
@@ -97,21 +95,9 @@ def server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("postgres-server")
     # The driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, not psycopg2.
     backend_store_uri = f"postgresql+psycopg2://{database}"
-    port = free_port()
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        # The first start creates MLflow's tables in PostgreSQL: allow it time.
-        wait_until_healthy(uri, process, timeout=180, log=folder / "server.log")
+    # The first start creates MLflow's tables in PostgreSQL: allow it time.
+    with tracking_server(folder, backend_store_uri, timeout=180) as uri:
         yield uri, folder
-    finally:
-        stop_process_group(process)
-        log.close()
 
 
 def test_phases_compare_and_promote_against_a_server_on_postgresql(postgres, server, tmp_path):
@@ -121,15 +107,7 @@ def test_phases_compare_and_promote_against_a_server_on_postgresql(postgres, ser
     run_or_fail("phase1", params, uri, tmp_path)
     # The server is under test here, not the network: phase 2 trains the small baseline model.
     run_or_fail("phase2", {**params, "set": "model=baseline"}, uri, tmp_path)
-    run_or_fail("compare", {}, uri, tmp_path)
-    promoted = run_or_fail("promote", {"model_name": "fer-postgres"}, uri, tmp_path)
-    assert "now champion" in promoted.stdout
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert sorted(run.data.tags.get("fer.phase") for run in runs) == ["compare", "phase1", "phase2", "promote"]
-    assert all(run.info.status == "FINISHED" for run in runs)
-    assert client.get_model_version_by_alias("fer-postgres", "champion").version == "1"
+    client, runs = compare_and_promote("fer-postgres", uri, tmp_path)
     phase2 = next(run for run in runs if run.data.tags["fer.phase"] == "phase2")
     assert len(client.get_metric_history(phase2.info.run_id, "val_loss")) == 2
 

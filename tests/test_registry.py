@@ -3,7 +3,6 @@
 import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from fer.models import build_model
 from fer.registry import CHALLENGER, CHAMPION, LATEST_COMPARE, PHOTO_MODEL, PromotionError, decide, promote
@@ -13,14 +12,10 @@ NAME = "fer-emotion-test"
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
+def store(in_process):
+    """conftest's `in_process` store, with experiment "fer" active; its client."""
     mlflow.set_experiment("fer")
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
+    return in_process
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,34 @@ TRAIN = [sys.executable, "-m", "fer.cli", "train", "phase1", "--data", "syntheti
          "--experiment", EXPERIMENT]
 
 
-def start_training(epochs: int, env: dict, cwd: Path) -> subprocess.Popen:
+def start_training(epochs: int, env: dict, cwd: Path, *settings: str) -> subprocess.Popen:
+    """`fer train phase1` for `epochs` epochs with `--set` SETTINGS, in its own process (output piped, as text)."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
     return subprocess.Popen(
-        [*TRAIN, "--epochs", str(epochs)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [*TRAIN, "--epochs", str(epochs), *sets], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, preexec_fn=_hear_ctrl_c,
     )
+
+
+def interrupt(process: subprocess.Popen, sig: int, store, epochs: int = 2) -> tuple[str, str]:
+    """Once the run of `process` has checkpointed `epochs` epochs, send `sig`; (run id, the output) once it ended."""
+    _, client, _, tmp_path = store
+    run_id = wait_for_epochs(client, tmp_path / "cache", epochs, process)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=120)
+    return run_id, output
+
+
+def resume(run_id: str, env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`fer train phase1 --resume RUN_ID ARGS` in its own process, output captured."""
+    return subprocess.run([*TRAIN, "--resume", run_id, *args], env=env, cwd=cwd, capture_output=True, text=True)
+
+
+def resumed(run_id: str, env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`resume` that must succeed."""
+    result = resume(run_id, env, cwd, *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
 
 
 def _hear_ctrl_c() -> None:
@@ -63,10 +86,7 @@ def store(tmp_path):
 
 def test_sigkilled_run_resumes_through_mlflow_run_with_no_gap_and_no_duplicate(store):
     uri, client, env, tmp_path = store
-    process = start_training(5, env, tmp_path)
-    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    run_id, _ = interrupt(start_training(5, env, tmp_path), signal.SIGKILL, store)
     assert client.get_run(run_id).info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
 
     run_or_fail("phase1", {"resume": run_id}, uri, tmp_path)
@@ -83,15 +103,10 @@ def test_sigkilled_run_resumes_through_mlflow_run_with_no_gap_and_no_duplicate(s
 def test_a_sigkilled_run_resumes_on_a_machine_without_its_checkpoint_folder(store):
     """checkpoint_upload_every=1 puts each epoch's checkpoint in the run: the local folder is not needed."""
     uri, client, env, tmp_path = store
-    process = subprocess.Popen([*TRAIN, "--epochs", "5", "--set", "checkpoint_upload_every=1"], env=env,
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    run_id, _ = interrupt(start_training(5, env, tmp_path, "checkpoint_upload_every=1"), signal.SIGKILL, store)
     shutil.rmtree(tmp_path / "cache" / "checkpoints" / run_id)  # "another machine"
 
-    result = subprocess.run([*TRAIN, "--resume", run_id], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = resumed(run_id, env, tmp_path)
     assert "checkpoint from the tracking server" in result.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -102,16 +117,10 @@ def test_a_sigkilled_run_resumes_on_a_machine_without_its_checkpoint_folder(stor
 def test_resuming_restores_the_learning_rate_state(store, monkeypatch):
     """A forced step before the kill must still be in force after it."""
     uri, client, env, tmp_path = store
-    process = subprocess.Popen(
-        [*TRAIN, "--epochs", "6", "--set", "reduce_lr.monitor=learning_rate", "--set", "reduce_lr.patience=1",
-         "--set", "early_stopping.enabled=false"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    run_id = wait_for_epochs(client, tmp_path / "cache", 3, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    result = subprocess.run([*TRAIN, "--resume", run_id], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    process = start_training(6, env, tmp_path, "reduce_lr.monitor=learning_rate", "reduce_lr.patience=1",
+                             "early_stopping.enabled=false")
+    run_id, _ = interrupt(process, signal.SIGKILL, store, epochs=3)
+    resumed(run_id, env, tmp_path)
     history = sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)
     assert [m.step for m in history] == list(range(6))
     # Steps after epochs 2 and 4 (1-based): the rate epoch 4 trained at came from the first sitting.
@@ -123,9 +132,7 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_with_history_plots_and_checkpoint
     """Exit status 128 + the signal, as a shell reports it: an interruption, not a failure (1)."""
     uri, client, env, tmp_path = store
     process = start_training(50, env, tmp_path)
-    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
-    process.send_signal(stop)
-    output, _ = process.communicate(timeout=120)
+    run_id, output = interrupt(process, stop, store)
     assert process.returncode == status, output[-2000:]
     assert f"--resume {run_id}" in output
     run = client.get_run(run_id)
@@ -140,13 +147,8 @@ def test_ctrl_c_or_sigterm_ends_the_run_killed_with_history_plots_and_checkpoint
 def test_a_resumed_sitting_takes_its_own_time_budget(store):
     """A run started with no limit, interrupted, then resumed with --max-minutes: that sitting stops in time."""
     uri, client, env, tmp_path = store
-    process = start_training(50, env, tmp_path)
-    run_id = wait_for_epochs(client, tmp_path / "cache", 2, process)
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
-    result = subprocess.run([*TRAIN, "--resume", run_id, "--max-minutes", "0.001"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_id, _ = interrupt(start_training(50, env, tmp_path), signal.SIGINT, store)
+    result = resumed(run_id, env, tmp_path, "--max-minutes", "0.001")
     assert "a budget of 0.001 minutes for this sitting" in result.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["fer.stopped_by"] == "time_limit"
@@ -202,7 +204,6 @@ def test_four_concurrent_runs_on_the_default_sqlite_store_all_finish_complete(tm
 def test_resume_of_a_finished_run_is_refused_with_a_reason(trained_store):
     uri, client, runs, folder = trained_store
     env = project_env(uri, folder)
-    result = subprocess.run([*TRAIN, "--resume", runs["phase1"].info.run_id], env=env, cwd=folder,
-                            capture_output=True, text=True)
+    result = resume(runs["phase1"].info.run_id, env, folder)
     assert result.returncode == 1
     assert "already FINISHED; there is nothing to resume" in result.stderr

@@ -7,9 +7,16 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, free_port, project_env, run_or_fail, stop_process_group, wait_until_healthy
+from conftest import (
+    compare_and_promote,
+    fer_cli,
+    free_port,
+    run_or_fail,
+    stop_process_group,
+    tracking_server,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,21 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def server(tmp_path_factory):
     """An MLflow tracking server with a SQLite backend that serves artifacts from a temporary folder."""
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination", str(folder / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(uri, process, timeout=90)
+    with tracking_server(folder, timeout=90) as uri:
         yield uri, folder
-    finally:
-        stop_process_group(process)
 
 
 def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_path):
@@ -42,16 +36,7 @@ def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_pa
     params = {"data": "synthetic:64", "epochs": 2, "batch_size": 32}
     for phase in ("phase1", "phase2"):
         run_or_fail(phase, params, uri, tmp_path)
-    run_or_fail("compare", {}, uri, tmp_path)
-    promoted = run_or_fail("promote", {"model_name": "fer-remote"}, uri, tmp_path)
-    assert "now champion" in promoted.stdout
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    phases = sorted(run.data.tags.get("fer.phase") for run in runs)
-    assert phases == ["compare", "phase1", "phase2", "promote"]
-    assert all(run.info.status == "FINISHED" for run in runs)
-    assert client.get_model_version_by_alias("fer-remote", "champion").version == "1"
+    compare_and_promote("fer-remote", uri, tmp_path)
     # Artifacts went through the server into its folder, not into the client's working folder.
     stored = {p.name for p in (folder / "artifacts").rglob("*")}
     assert {"history.json", "comparison.html", "history.png"} <= stored
@@ -59,11 +44,7 @@ def test_phases_compare_and_promote_run_against_a_tracking_server(server, tmp_pa
 
 
 def test_an_unreachable_server_is_reported_before_training(tmp_path):
-    env = project_env(f"http://127.0.0.1:{free_port()}", tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "fer.cli", "train", "phase2", "--epochs", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
-    )
+    result = fer_cli(["train", "phase2", "--epochs", "1"], f"http://127.0.0.1:{free_port()}", tmp_path)
     assert result.returncode == 1
     assert "tracking server at http://127.0.0.1:" in result.stderr and "Nothing was trained" in result.stderr
     assert "Epoch 1/1" not in result.stdout and "Data:" not in result.stdout  # before data and training
@@ -75,9 +56,7 @@ def test_something_that_is_not_an_mlflow_server_is_reported(tmp_path):
                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        env = project_env(f"http://127.0.0.1:{port}", tmp_path)
-        result = subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
-                                capture_output=True, text=True)
+        result = fer_cli(["compare"], f"http://127.0.0.1:{port}", tmp_path)
     finally:
         web.terminate()
         web.wait()
@@ -99,9 +78,7 @@ def test_a_server_with_basic_auth_accepts_the_right_credentials_only(tmp_path):
         wait_until_healthy(uri, process, timeout=90, what="basic-auth server")
 
         def compare_as(user, secret):
-            env = {**project_env(uri, tmp_path), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": secret}
-            return subprocess.run([sys.executable, "-m", "fer.cli", "compare"], env=env, cwd=tmp_path,
-                                  capture_output=True, text=True)
+            return fer_cli(["compare"], uri, tmp_path, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=secret)
 
         refused = compare_as("admin", "wrong-password-000")
         assert refused.returncode == 1 and "401" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr

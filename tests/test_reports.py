@@ -36,6 +36,22 @@ def _assert_png(path, min_width=400, min_height=300):
     return width, height
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figures fer.reports makes during the test, in order: what was drawn, not only that a PNG exists."""
+    import fer.reports
+
+    figures = []
+
+    class RecordingFigure(fer.reports.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
+    return figures
+
+
 def _history(epochs=12, step_at=7):
     """Realistic made-up curves, learning rate 1e-3 then 1e-4 from 0-based epoch `step_at`."""
     e = np.arange(epochs)
@@ -295,7 +311,7 @@ def test_evaluate_predictions_accepts_one_hot_targets(evaluation):
     [
         (Y_TRUE, _probabilities(Y_PRED), ["a", "b"], "shape"),
         (Y_TRUE[:4], _probabilities(Y_PRED), NAMES, "labels"),
-        (np.array([0, 0, 0, 1, 3]), _probabilities(Y_PRED), NAMES, "outside"),
+        (np.array([0, 0, 0, 1, 3]), _probabilities(Y_PRED), NAMES, r"y_true must lie in 0\.\.2; got 0\.\.3"),
         (np.array([], dtype=int), np.empty((0, 3)), NAMES, "empty"),
     ],
     ids=["names-vs-K", "length", "label-range", "empty"],
@@ -309,18 +325,8 @@ def test_evaluate_predictions_rejects_bad_input(y_true, probabilities, names, ma
 
 
 def test_plot_confusion_matrix_draws_each_rows_shares_and_counts_and_marks_an_empty_row(
-    tmp_path, evaluation, monkeypatch
+    tmp_path, evaluation, drawn
 ):
-    import fer.reports
-
-    drawn = []
-
-    class RecordingFigure(fer.reports.Figure):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            drawn.append(self)
-
-    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
     assert evaluation.confusion[2].sum() == 0  # the row to draw grey
     path = plot_confusion_matrix(evaluation.confusion, NAMES, tmp_path / "cm.png", title="test")
     assert path == tmp_path / "cm.png"
@@ -356,18 +362,9 @@ def test_plot_confusion_matrix_checks_shape(tmp_path):
 # --------------------------------------------------------------- plot_reliability_diagram
 
 
-def test_reliability_diagram_draws_each_curves_filled_bins_shares_and_ece(tmp_path, monkeypatch):
-    import fer.reports
+def test_reliability_diagram_draws_each_curves_filled_bins_shares_and_ece(tmp_path, drawn):
     from fer.calibration import apply_temperature, reliability
 
-    drawn = []
-
-    class RecordingFigure(fer.reports.Figure):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            drawn.append(self)
-
-    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
     labels = np.array([0, 1, 1, 0, 1, 0])
     probabilities = np.array([[0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.2, 0.7, 0.1],
                               [0.25, 0.25, 0.5], [0.05, 0.88, 0.07], [0.1, 0.03, 0.87]])

@@ -88,18 +88,13 @@ def test_system_metrics_are_sampled_while_the_run_trains(main_run):
         assert len(steps) >= 2 and steps == list(range(len(steps))), key
 
 
-def test_a_run_with_system_metrics_off_has_none(tmp_path, monkeypatch):
+def test_a_run_with_system_metrics_off_has_none(in_process):
     pytest.importorskip("psutil", reason="without psutil no run has system metrics: nothing to switch off")
     from fer.config import load_config
     from fer.train import train
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
     config = load_config("phase1", {"data": "synthetic:64", "batch_size": 32, "epochs": 1, "system_metrics": False,
                                     "system_metrics_interval": 0.2})
     run_id = train(config, experiment="no-system-metrics")
-    metrics = MlflowClient(uri).get_run(run_id).data.metrics
+    metrics = in_process.get_run(run_id).data.metrics
     assert "eval_accuracy" in metrics and not [key for key in metrics if key.startswith("system/")]
-    mlflow.set_tracking_uri(None)

@@ -12,13 +12,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,11 +28,11 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import active_store, free_port, stop_process_group
+from conftest import active_store, briefly_trained_baseline, start_model_server, stop_process_group
 from fer import faces as fer_faces
 from fer import images, photo_service
 from fer.data.splits import EMOTIONS
-from fer.data.synthetic import make_faces
+from fer.data.synthetic import faces_on_noise, make_faces
 from fer.photo_service import FaceEmotionModel, find_keras_file, log_service_model
 
 # Where compose_photo pastes its two faces, as boxes: x, y, width, height.
@@ -45,14 +42,9 @@ PHOTO_SIZE = (320, 240)  # width, height
 
 def compose_photo(seed: int = 7) -> np.ndarray:
     """A 320x240 grayscale "photo": noisy gray background, two drawn faces scaled up at PASTED."""
-    rng = np.random.default_rng(seed)
-    photo = np.clip(rng.normal(128, 20, PHOTO_SIZE[::-1]), 0, 255).astype(np.uint8)
     drawn, _ = make_faces(len(PASTED), seed=seed)
-    for face, (x, y, side, _) in zip(drawn, PASTED):
-        photo[y:y + side, x:x + side] = np.asarray(
-            Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC)
-        )
-    return photo
+    places = [(x, y, side) for x, y, side, _ in PASTED]
+    return faces_on_noise(PHOTO_SIZE, drawn, places, np.random.default_rng(seed))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -200,16 +192,8 @@ def served(store):
 
     One short epoch on drawn faces, so the weights are not just their initial values.
     """
-    import keras
-
-    from fer.models import build_model
-
     _, folder = store
-    keras.utils.set_random_seed(0)
-    network = build_model("baseline")
-    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    images, labels = make_faces(200, seed=1)
-    network.fit(images[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
+    network = briefly_trained_baseline()
     keras_path = folder / "network" / "model.keras"
     keras_path.parent.mkdir()
     network.save(keras_path)
@@ -407,36 +391,11 @@ def server(served, store, tmp_path_factory):
     """`mlflow models serve` of the service model on 127.0.0.1; yields its base URL; always stopped."""
     uri, _, _ = served
     tracking_uri, _ = store
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "FER_ALLOW_PATHS")}
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
-    process = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_model_server(uri, tracking_uri, tmp_path_factory.mktemp("server") / "server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read()[-3000:]}")
-            try:
-                if http(f"{base}/ping", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"the server did not answer /ping in 180 s:\n{log.read()[-3000:]}")
-            time.sleep(1)
         yield base
     finally:
         stop_process_group(process)  # its own session: uvicorn's workers go too
-        log.close()
 
 
 def invoke(base: str, payload) -> tuple[int, dict | str]:

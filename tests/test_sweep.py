@@ -100,7 +100,7 @@ def test_command_line_settings_and_budget_override_the_file(tmp_path):
         ({"pruner": {"type": "hyperband"}}, "pruner.type must be one of median, threshold, none"),
         ({"pruner": {"type": "median", "patience": 2}}, r"unknown pruner \(median\) entries \['patience'\]"),
         ({"settings": {"epochs": 0}}, "epochs must be a positive whole number"),
-        ({"budget": 3}, r"unknown entries \['budget'\]"),
+        ({"budget": 3}, r"unknown top-level entries \['budget'\]; allowed: phase, objective, "),
     ],
 )
 def test_a_bad_sweep_file_fails_before_anything_runs_naming_the_entry(tmp_path, entries, message):

@@ -9,7 +9,6 @@ import time
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 
 from fer import system_metrics
 
@@ -18,13 +17,10 @@ MEMORY = "system/system_memory_usage_megabytes"
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+def client(in_process):
+    """conftest's `in_process` store, with experiment "system-metrics" active; its client."""
     mlflow.set_experiment("system-metrics")
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(None)
+    return in_process
 
 
 def a_run(enabled: bool, seconds: float, run_id: str | None = None) -> str:

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from conftest import ROOT, active_store
+from conftest import ROOT, active_store, briefly_trained_baseline
 
 from fer import faces as fer_faces
 from fer import video
 from fer.data.splits import EMOTIONS
-from fer.data.synthetic import make_faces
+from fer.data.synthetic import faces_on_noise, make_faces
 from fer.predict import PredictError, VideoReader, predict_video
 from fer.video import FaceTracker, TrackedFace, csv_rows, ema_weight, iou, match_boxes, progress_text
 
@@ -187,10 +187,8 @@ def true_boxes(frame: int) -> list[tuple[int, int, int, int]]:
 
 def compose_frame(frame: int, drawn: np.ndarray) -> np.ndarray:
     """A BGR frame: fresh noise every frame (as a camera's), the two drawn faces at `true_boxes(frame)`."""
-    rng = np.random.default_rng(100 + frame)
-    gray = np.clip(rng.normal(128, 20, FRAME_SIZE[::-1]), 0, 255).astype(np.uint8)
-    for face, (x, y, side, _) in zip(drawn, true_boxes(frame)):
-        gray[y:y + side, x:x + side] = np.asarray(Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC))
+    places = [(x, y, side) for x, y, side, _ in true_boxes(frame)]
+    gray = faces_on_noise(FRAME_SIZE, drawn, places, np.random.default_rng(100 + frame))
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
 
@@ -422,18 +420,9 @@ def test_cli_refuses_video_options_for_photos_and_several_videos(videos, tmp_pat
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A temporary SQLite tracking store for this module (MLFLOW_TRACKING_URI too), and a trained baseline network."""
-    import keras
-
-    from fer.models import build_model
-
     folder = tmp_path_factory.mktemp("video-store")
     with active_store(folder):
-        keras.utils.set_random_seed(0)
-        network = build_model("baseline")
-        network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        faces, labels = make_faces(200, seed=1)
-        network.fit(faces[..., np.newaxis].astype(np.float32), labels, epochs=1, batch_size=32, verbose=0)
-        yield folder, network
+        yield folder, briefly_trained_baseline()
 
 
 def network_rows(network, path, every: int = 1) -> dict[int, list[tuple[tuple, np.ndarray]]]:

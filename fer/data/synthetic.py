@@ -91,6 +91,24 @@ def make_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return _light_and_noise(rng, drawn), labels
 
 
+def faces_on_noise(size: tuple[int, int], faces: np.ndarray, places, rng: np.random.Generator) -> np.ndarray:
+    """A grayscale "photo" (height x width, uint8) for face detection: gray noise (mean 128, sd 20) drawn
+    from `rng`, with each of `faces` scaled up (bicubic) into its square of `places`, (x, y, side) each.
+
+    `size` is (width, height), as PIL gives it. The README's example photo, the serving tests' photos and
+    the video tests' frames are made so; OpenCV's face detector finds drawn faces as it finds real ones.
+
+    Example:
+        drawn, _ = make_faces(2, seed=7)
+        photo = faces_on_noise((320, 240), drawn, [(30, 60, 96), (190, 50, 112)], np.random.default_rng(7))
+    """
+    width, height = size
+    photo = np.clip(rng.normal(128, 20, (height, width)), 0, 255).astype(np.uint8)
+    for face, (x, y, side) in zip(faces, places, strict=True):
+        photo[y:y + side, x:x + side] = np.asarray(Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC))
+    return photo
+
+
 def load_synthetic(
     train_size: int = 4000,
     val_size: int | None = None,
