@@ -286,7 +286,7 @@ class BestPerformance:
         for label, value, epoch in rows:
             lines.append(
                 f"{label + ':':<{label_width}} {value:>{value_width}.4f} "
-                f"(epoch {epoch} of {self.epochs})"
+                f"(epoch {epoch} of {self.epochs}, step {epoch - 1} in MLflow's charts)"
             )
         return "\n".join(lines) + "\n"
 

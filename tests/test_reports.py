@@ -177,8 +177,8 @@ def test_best_performance_values_and_one_based_epochs():
 
 def test_best_performance_text_is_aligned_and_one_based():
     text = best_performance(HAND_MADE).to_text()
-    assert "Best validation accuracy: 0.5800 (epoch 4 of 4)" in text
-    assert "Lowest validation loss:" in text and "1.1000 (epoch 2 of 4)" in text
+    assert "Best validation accuracy: 0.5800 (epoch 4 of 4, step 3 in MLflow's charts)" in text
+    assert "Lowest validation loss:" in text and "1.1000 (epoch 2 of 4, step 1 in MLflow's charts)" in text
     value_lines = [line for line in text.splitlines() if "(epoch" in line]
     assert len(value_lines) == 4
     # Aligned columns: every value starts at the same column.
