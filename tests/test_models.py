@@ -87,47 +87,57 @@ def test_flip_averaging_predicts_the_mean_of_the_face_and_its_mirror_and_survive
     np.testing.assert_allclose(loaded.predict_on_batch(faces), (plain + mirrored) / 2, atol=1e-6)
 
 
-def test_temperature_scaling_serves_the_scaled_probabilities_of_a_flip_network_and_survives_saving(tmp_path):
+PRIOR = np.array([0.3, 0.25, 0.15, 0.12, 0.1, 0.04, 0.03, 0.01])
+
+
+def _temperature_2_5():
     from fer.calibration import apply_temperature
-    from fer.models import with_flip_averaging, with_temperature
-    from fer.serving import load_network
+    from fer.models import with_temperature
 
-    keras.utils.set_random_seed(0)
-    network = with_flip_averaging(build_model("baseline"))
-    faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
-    plain = network.predict_on_batch(faces)
-    expected = apply_temperature(plain, 2.5)
-    assert np.abs(expected - plain).max() > 1e-3  # the test means something: scaling moves the probabilities
-    calibrated = with_temperature(network, 2.5)
-    np.testing.assert_allclose(calibrated.predict_on_batch(faces), expected, atol=1e-6)
-    np.testing.assert_array_equal(calibrated.predict_on_batch(faces).argmax(axis=1), plain.argmax(axis=1))
-    assert calibrated.count_params() == network.count_params()  # no weights of its own
-
-    calibrated.save(tmp_path / "calibrated.keras")
-    loaded = load_network(str(tmp_path / "calibrated.keras"))
-    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-6)
-    assert loaded.get_layer("temperature").temperature == 2.5
+    return (lambda network: with_temperature(network, 2.5)), (lambda p: apply_temperature(p, 2.5))
 
 
-def test_logit_adjustment_serves_the_adjusted_probabilities_of_a_flip_network_and_survives_saving(tmp_path):
+def _logit_adjustment_0_8():
     from fer.logit_adjustment import adjust, offsets
-    from fer.models import with_flip_averaging, with_logit_adjustment
+    from fer.models import with_logit_adjustment
+
+    return (lambda network: with_logit_adjustment(network, offsets(PRIOR, 0.8))), (lambda p: adjust(p, PRIOR, 0.8))
+
+
+@pytest.mark.parametrize("post_processing", [_temperature_2_5, _logit_adjustment_0_8],
+                         ids=["temperature", "logit-adjustment"])
+def test_a_post_processing_wrapper_serves_what_its_numpy_twin_computes_and_survives_saving(tmp_path, post_processing):
+    """with_temperature / with_logit_adjustment around a flip network: fer.calibration's and
+    fer.logit_adjustment's numbers, no weights of their own, the same after saving and loading."""
+    from fer.models import with_flip_averaging
     from fer.serving import load_network
+
+    wrap, twin = post_processing()
+    keras.utils.set_random_seed(0)
+    network = with_flip_averaging(build_model("baseline"))
+    faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
+    plain = network.predict_on_batch(faces)
+    expected = twin(plain)
+    assert np.abs(expected - plain).max() > 1e-3  # the test means something: the wrapper moves the probabilities
+    wrapped = wrap(network)
+    np.testing.assert_allclose(wrapped.predict_on_batch(faces), expected, atol=1e-6)
+    assert wrapped.count_params() == network.count_params()
+
+    wrapped.save(tmp_path / "wrapped.keras")
+    loaded = load_network(str(tmp_path / "wrapped.keras"))
+    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-6)
+
+
+def test_temperature_scaling_keeps_every_face_s_emotion(tmp_path):
+    from fer.models import with_flip_averaging, with_temperature
 
     keras.utils.set_random_seed(0)
     network = with_flip_averaging(build_model("baseline"))
     faces = np.random.default_rng(0).uniform(0, 255, (5, 48, 48, 1)).astype(np.float32)
-    prior = np.array([0.3, 0.25, 0.15, 0.12, 0.1, 0.04, 0.03, 0.01])
-    plain = network.predict_on_batch(faces)
-    expected = adjust(plain, prior, 0.8)
-    assert np.abs(expected - plain).max() > 1e-3  # the test means something: the prior moves the probabilities
-    adjusted = with_logit_adjustment(network, offsets(prior, 0.8))
-    np.testing.assert_allclose(adjusted.predict_on_batch(faces), expected, atol=1e-6)
-    assert adjusted.count_params() == network.count_params()  # no weights of its own
-
-    adjusted.save(tmp_path / "adjusted.keras")
-    loaded = load_network(str(tmp_path / "adjusted.keras"))
-    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-6)
+    calibrated = with_temperature(network, 2.5)
+    np.testing.assert_array_equal(calibrated.predict_on_batch(faces).argmax(axis=1),
+                                  network.predict_on_batch(faces).argmax(axis=1))
+    assert calibrated.get_layer("temperature").temperature == 2.5
 
 
 def test_a_temperature_layer_refuses_a_temperature_that_is_not_above_zero():
