@@ -68,6 +68,7 @@ def test_verbose_gives_the_native_lines_back(unset):
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ and os.environ[console.VERBOSE_ENV] == "1"
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_a_fresh_process_has_the_quiet_level_before_tensorflow_loads(tmp_path):
     code = "import os, sys, fer.cli; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
@@ -122,6 +123,7 @@ def test_the_first_import_drops_native_lines_below_the_level_and_keeps_the_rest(
                                               "Python says this"]
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_tensorflow_imported_after_fer_prints_no_native_lines_and_verbose_gives_them_back(tmp_path):
     code = "import fer, tensorflow"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
@@ -138,12 +140,14 @@ def test_tensorflow_imported_after_fer_prints_no_native_lines_and_verbose_gives_
     assert verbose.stderr.count("\n") == unfiltered.stderr.count("\n")  # whatever this TensorFlow prints
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_train_help_is_quiet(tmp_path):
     result = fer_process(["train", "--help"], tmp_path)
     assert_quiet(result)
     assert "Train PHASE" in result.stdout
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_the_served_models_import_without_mlflows_type_hint_warning(tmp_path):
     code = "import warnings; warnings.simplefilter('always'); import fer.serving, fer.photo_service"
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -203,6 +203,7 @@ def fer2013_rows(count: int) -> str:
     return "emotion,pixels,Usage\n" + "".join(f"{i % 7},{pixels},{usages[i]}\n" for i in range(count))
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_row6_blank_lines_after_the_rows_do_not_size_the_image_array(tmp_path):
     path = tmp_path / "fer2013.csv"
     path.write_text(fer2013_rows(6) + "\n" * 2_000_000)  # 2 MB of blank lines: 4.6 GB if sized by lines

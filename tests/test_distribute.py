@@ -132,6 +132,7 @@ def test_two_workers_make_one_mlflow_run_and_only_the_chief_logs(tmp_path, monke
     assert written <= {run.info.run_id}
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_a_multi_worker_run_does_not_resume_across_workers(tmp_path, monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
     result = fer_cli(["train", "phase1", "--resume", "0123456789abcdef"], f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -283,6 +283,7 @@ def test_every_n_frames_are_processed_and_the_annotated_video_has_every_frame(vi
     capture.release()
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_the_readmes_video_example_is_made_by_its_script_with_three_faces_in_every_frame(tmp_path):
     # The README's `fer predict ... talk.mp4` runs on a fresh clone: its video comes from this script.
     require_detector()
