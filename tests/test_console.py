@@ -32,6 +32,13 @@ def fer_process(args, tmp_path, **extra_env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def python_process(code: str, tmp_path, with_fer: bool = True, **extra_env) -> subprocess.CompletedProcess:
+    """`python -c CODE` in a fresh process, nothing of TensorFlow's set; `fer` importable when `with_fer`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    env.update({"PYTHONPATH": str(ROOT)} if with_fer else {}, **extra_env)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+
+
 def assert_quiet(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     noisy = [line for line in (result.stdout + result.stderr).splitlines() if any(n in line for n in NOISE)]
@@ -71,9 +78,7 @@ def test_verbose_gives_the_native_lines_back(unset):
 @pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_a_fresh_process_has_the_quiet_level_before_tensorflow_loads(tmp_path):
     code = "import os, sys, fer.cli; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)"
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
-    result = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = python_process(code, tmp_path)
     assert result.stdout.split() == ["3", "False"], result.stderr
 
 
@@ -126,17 +131,13 @@ def test_the_first_import_drops_native_lines_below_the_level_and_keeps_the_rest(
 @pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_tensorflow_imported_after_fer_prints_no_native_lines_and_verbose_gives_them_back(tmp_path):
     code = "import fer, tensorflow"
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
-    quiet = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)},
-                           capture_output=True, text=True, cwd=tmp_path)
+    quiet = python_process(code, tmp_path)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert [line for line in quiet.stderr.splitlines() if console.native_line_severity(line) is not None] == []
 
-    verbose = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT), console.VERBOSE_ENV: "1"},
-                             capture_output=True, text=True, cwd=tmp_path)
+    verbose = python_process(code, tmp_path, **{console.VERBOSE_ENV: "1"})
     assert verbose.returncode == 0, verbose.stderr[-3000:]
-    unfiltered = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
-                                capture_output=True, text=True, cwd=tmp_path)
+    unfiltered = python_process("import tensorflow", tmp_path, with_fer=False)
     assert verbose.stderr.count("\n") == unfiltered.stderr.count("\n")  # whatever this TensorFlow prints
 
 
