@@ -188,11 +188,7 @@ def train(
             # mirror-averaged with flip TTA, then prior-adjusted and temperature-scaled as configured
             # (both fitted on validation, in that order)
             network = distribute.for_chief_alone(prepared.model)
-            post = PostProcessing(tta=config.tta)
-            if config.logit_adjustment == "fit":
-                post = dataclasses.replace(post, offsets=_fit_logit_adjustment(network, prepared, post))
-            if config.calibration == "temperature":
-                post = dataclasses.replace(post, temperature=_fit_temperature(network, prepared, post))
+            post = _fit_post_processing(network, prepared, config)
             served = post.wrap(network)
             model_info = _log_model(served, prepared.splits.val, best.epochs)
 
@@ -564,32 +560,47 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
 class PostProcessing:
     """What the logged model does to the network's probabilities, in this order.
 
-    tta "flip": the mean of the face's and its mirror's; `offsets`: logit
+    tta "flip": the mean of the face's and its mirror's; `prior` and `tau`: logit
     adjustment (`fer.logit_adjustment`); `temperature`: temperature scaling
     (`fer.calibration`). None: that step is left out.
     """
 
     tta: str = "none"
-    offsets: np.ndarray | None = None
+    prior: np.ndarray | None = None  # with `tau`: logit adjustment by this class prior
+    tau: float = 0.0
     temperature: float | None = None
 
     def wrap(self, network: keras.Model) -> keras.Model:
         """`network` as the run logs and serves it."""
         served = with_flip_averaging(network) if self.tta == "flip" else network
-        served = served if self.offsets is None else with_logit_adjustment(served, self.offsets)
+        if self.prior is not None:
+            served = with_logit_adjustment(served, logit_adjustment.offsets(self.prior, self.tau))
         return served if self.temperature is None else with_temperature(served, self.temperature)
 
 
-def _fit_logit_adjustment(network: keras.Model, prepared: Prepared, post: PostProcessing) -> np.ndarray:
-    """Fit tau on the validation split's (TTA-averaged) predictions, log it; the offsets the model adds.
+def _fit_post_processing(network: keras.Model, prepared: Prepared, config: TrainConfig) -> PostProcessing:
+    """The post-processing `config` asks for, its steps fitted in order on one prediction of the validation split."""
+    post = PostProcessing(tta=config.tta)
+    if config.logit_adjustment != "fit" and config.calibration != "temperature":
+        return post
+    val = prepared.splits.val
+    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
+    if config.logit_adjustment == "fit":
+        prior = logit_adjustment.class_prior(prepared.splits.train.targets)
+        post = dataclasses.replace(post, prior=prior, tau=_fit_logit_adjustment(val, probabilities, prior))
+        probabilities = logit_adjustment.adjust(probabilities, prior, post.tau)
+    if config.calibration == "temperature":
+        post = dataclasses.replace(post, temperature=_fit_temperature(val, probabilities))
+    return post
+
+
+def _fit_logit_adjustment(val: Split, probabilities: np.ndarray, prior: np.ndarray) -> float:
+    """Fit tau on the validation split's (TTA-averaged) `probabilities` and log it; tau.
 
     Param and metric `logit_adjustment.tau` / `logit_adjustment_tau`, and the
     validation accuracy and macro-F1 before and after (`logit_adjustment_val_*`),
     the latter being what the fit maximised.
     """
-    val = prepared.splits.val
-    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
-    prior = logit_adjustment.class_prior(prepared.splits.train.targets)
     tau = logit_adjustment.fit_tau(val.labels, probabilities, prior)
     before = reports.evaluate_predictions(val.labels, probabilities, EMOTIONS, "val")
     after = reports.evaluate_predictions(val.labels, logit_adjustment.adjust(probabilities, prior, tau), EMOTIONS, "val")
@@ -603,17 +614,15 @@ def _fit_logit_adjustment(network: keras.Model, prepared: Prepared, post: PostPr
     })
     print(f"Logit adjustment: tau {tau:g}, fitted on {len(val)} validation faces "
           f"(macro-F1 {before.macro_f1:.4f} -> {after.macro_f1:.4f}, accuracy {before.accuracy:.4f} -> {after.accuracy:.4f})")
-    return logit_adjustment.offsets(prior, tau)
+    return tau
 
 
-def _fit_temperature(network: keras.Model, prepared: Prepared, post: PostProcessing) -> float:
-    """Fit the temperature on the validation split's predictions (TTA-averaged, prior-adjusted) and log it.
+def _fit_temperature(val: Split, probabilities: np.ndarray) -> float:
+    """Fit the temperature on the validation split's `probabilities` (TTA-averaged, prior-adjusted) and log it.
 
     Param and metric `calibration.temperature` / `calibration_temperature`, and the
     validation log-loss and ECE before and after (`calibration_val_*`), which the fit minimised.
     """
-    val = prepared.splits.val
-    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
     temperature = calibration.fit_temperature(val.labels, probabilities)
     scaled = calibration.apply_temperature(probabilities, temperature)
     _log_fitted_param(TEMPERATURE_PARAM, f"{temperature:.6g}")
@@ -651,7 +660,7 @@ def _evaluate(
     With tta "flip" the logged figures are those of the mean of each face's and
     its mirror's probabilities (what `with_flip_averaging` serves), and the
     plain network's accuracy and macro-F1 go beside them as `eval_no_tta_*`:
-    two forward passes in all. With logit-adjustment offsets, the figures are
+    two forward passes in all. With logit adjustment (a prior), the figures are
     those of the adjusted probabilities, and the unadjusted accuracy and
     macro-F1 go beside them as `eval_unadjusted_*`. With a temperature they
     are those of the scaled probabilities (accuracy and F1 do not change), and
@@ -668,9 +677,9 @@ def _evaluate(
         _log_beside(split, probabilities, "no_tta", model_id)
         mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
         probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
-    if post.offsets is not None:
+    if post.prior is not None:
         _log_beside(split, probabilities, "unadjusted", model_id)
-        probabilities = logit_adjustment.adjust(probabilities, np.exp(-post.offsets), 1.0)
+        probabilities = logit_adjustment.adjust(probabilities, post.prior, post.tau)
     curves = {}
     if post.temperature is not None:
         uncalibrated = calibration.reliability(split.labels, probabilities)
