@@ -5,14 +5,14 @@
 (a) reference: Keras's legacy `ImageDataGenerator` (keras.src.legacy.preprocessing.image,
     the class tf.keras had), iterating `.flow(x, y, batch_size)`; one image at a time
     through scipy.ndimage.affine_transform.
-(b) the project's previous pipeline: `fer.pipeline.make_dataset` as it was, a chain of
+(b) the project's previous pipeline: `fer.training.pipeline.make_dataset` as it was, a chain of
     Keras RandomFlip, RandomRotation, RandomTranslation, RandomShear and RandomZoom
     layers mapped over tf.data batches (copied below, so the comparison stays possible).
-(c) `fer.pipeline.make_dataset`: one `fer.augment.RandomAffine` warp per batch, iterated
+(c) `fer.training.pipeline.make_dataset`: one `fer.training.augment.RandomAffine` warp per batch, iterated
     afresh every pass, as model.fit iterated the training set before it was given
     `repeat=True` and `steps_per_epoch` (each new iterator re-instantiates and re-optimizes
     the map function, some tens of milliseconds);
-(d) the same pipeline as `fer.train` feeds model.fit now: `make_dataset(..., repeat=True)`,
+(d) the same pipeline as `fer.training.train` feeds model.fit now: `make_dataset(..., repeat=True)`,
     one iterator for the whole run, a pass being `batches_per_epoch` batches.
 
 The transforms are those of `fer.config.Augmentation()` (the defaults every phase uses):
@@ -58,7 +58,7 @@ from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E40
 from fer.config import Augmentation  # noqa: E402
 from fer.data.splits import Split  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
-from fer.pipeline import batches_per_epoch, make_dataset  # noqa: E402
+from fer.training.pipeline import batches_per_epoch, make_dataset  # noqa: E402
 from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -91,7 +91,7 @@ def legacy_batches(split: Split, batch: int, aug: Augmentation):
     return one_pass
 
 
-# -- (b) the previous pipeline, as fer.pipeline had it ---------------------------------------
+# -- (b) the previous pipeline, as fer.training.pipeline had it ---------------------------------------
 
 
 def chain_of_layers(aug: Augmentation, seed: int) -> list[layers.Layer]:
@@ -184,7 +184,7 @@ def main(argv=None) -> None:
         "(a) ImageDataGenerator.flow (legacy, reference)": python_loop(legacy_batches(split, args.batch, aug)),
         "(b) tf.data + chain of 5 Keras Random* layers (previous)": python_loop(lambda: previous),
         "(c) tf.data + RandomAffine, new iterator each pass": python_loop(lambda: per_pass),
-        "(d) tf.data + RandomAffine, one iterator (fer.pipeline + fit now)": python_loop(
+        "(d) tf.data + RandomAffine, one iterator (fer.training.pipeline + fit now)": python_loop(
             one_iterator(make_dataset(split, args.batch, training=True, augmentation=aug, seed=0, repeat=True),
                          batches_per_epoch(len(split), args.batch))
         ),

@@ -9,10 +9,10 @@ The network is either freshly built (`--model`: final is phase 2, 5,873,096 para
 baseline phase 1), untrained: trained weights are other numbers in the same tensors, so
 they run the same operations at the same speed; or, with `--model-uri`, the network of a
 logged model (a run id, runs:/<id>/model, models:/fer-emotion@champion), so that the
-accuracy table means something. It is logged with `fer.serving.log_emotion_model` into a
+accuracy table means something. It is logged with `fer.serving.pyfunc.log_emotion_model` into a
 temporary SQLite store (`sqlite:///<tmp>/mlflow.db`, artifacts beside it, removed at the
 end) and loaded back with `mlflow.pyfunc.load_model("runs:/<run id>/model")`, exactly as
-a user loads a training run's model; and exported with `fer.export` (Keras's ONNX
+a user loads a training run's model; and exported with `fer.export.runs` (Keras's ONNX
 exporter, checked against Keras) and quantized to int8 by ONNX Runtime, calibrated on
 --calibration-faces training faces (drawn faces for an untrained network). Every method
 gets the same float32 N x 48 x 48 x 1 array of faces (`fer.data.synthetic.make_faces`,
@@ -25,15 +25,15 @@ raw pixel values 0-255) and returns N x 8 probabilities:
 (b) bare `model(x, training=False)`, eager (single-face table only);
 (c) bare `tf.function(model(x, training=False))` with an input signature of any N,
     traced once (single-face table only): what a pyfunc could call instead;
-(d) `model.predict(x, verbose=0)`, what `fer.serving.EmotionModel.predict` called before
-    it used `fer.serving.forward`: per call Keras 3 builds a data adapter, a tf.data
+(d) `model.predict(x, verbose=0)`, what `fer.serving.pyfunc.EmotionModel.predict` called before
+    it used `fer.serving.pyfunc.forward`: per call Keras 3 builds a data adapter, a tf.data
     iterator and a callback list, then runs the predict function over batches of 32
     (single-face table only);
 (e) the loaded pyfunc's `predict(x)`: MLflow's input-schema check, then
-    `EmotionModel.predict`, which calls `fer.serving.forward` (`predict_on_batch` on
+    `EmotionModel.predict`, which calls `fer.serving.pyfunc.forward` (`predict_on_batch` on
     chunks of up to 256 faces): the Keras pyfunc;
 (f) ONNX Runtime, float32: the exported `.onnx` file in an InferenceSession (CPU,
-    default threads), through `fer.serving.forward` like (e);
+    default threads), through `fer.serving.pyfunc.forward` like (e);
 (g) ONNX Runtime, int8 static: ONNX Runtime's QDQ quantization of (f), activation
     ranges calibrated on training faces;
 (h) ONNX Runtime, int8 dynamic: weights int8, activation ranges measured per call.
@@ -75,12 +75,15 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fer import export, exported, quantization  # noqa: E402
+from fer.export import runs as export  # noqa: E402
+from fer.export import formats as exported
+from fer.export import quantization
 from fer.data.splits import EMOTIONS  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
-from fer.reports import evaluate_predictions  # noqa: E402
-from fer.serving import FACE_SHAPE, forward, log_emotion_model  # noqa: E402
+from fer.analysis.reports import evaluate_predictions  # noqa: E402
+from fer.serving.engines import FACE_SHAPE, forward  # noqa: E402
+from fer.serving.pyfunc import log_emotion_model  # noqa: E402
 from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -178,7 +181,7 @@ def accuracy_table(methods: dict, splits, untrained: bool) -> list[str]:
 
 
 class _Batched:
-    """A method as `fer.serving.forward` takes it (predict_on_batch), so every method sees chunks of 256."""
+    """A method as `fer.serving.pyfunc.forward` takes it (predict_on_batch), so every method sees chunks of 256."""
 
     def __init__(self, predict):
         self.predict_on_batch = predict

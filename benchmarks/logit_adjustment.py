@@ -4,7 +4,7 @@
 
 For each run, its logged model (`runs:/<id>/model`, flip TTA included when the run
 trained with it) predicts the validation split of its training data (or of
---data); the class prior is the training split's (`fer.logit_adjustment.class_prior`).
+--data); the class prior is the training split's (`fer.evaluation.logit_adjustment.class_prior`).
 It prints, per run:
 
 * the plain figures (tau 0): accuracy, macro-F1 and per-class recall, which should
@@ -31,7 +31,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from sklearn.model_selection import StratifiedKFold
 
 from fer.data import EMOTIONS, load
-from fer.logit_adjustment import adjust, class_prior, fit_tau
+from fer.evaluation.logit_adjustment import adjust, class_prior, fit_tau
 
 
 def scores(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float, np.ndarray]:

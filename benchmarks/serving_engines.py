@@ -6,9 +6,9 @@ The network (`--model`: final is phase 2, 5,873,096 parameters; baseline phase 1
 freshly built: trained weights are other numbers in the same tensors, so they cost the
 same memory and time. In a temporary SQLite store it is logged twice, as users get it:
 
-(k) the training pyfunc (`fer.serving.log_emotion_model`), TensorFlow and Keras inside;
-(o) the same network exported to ONNX (`fer.exported.export_network`) and logged as the
-    ONNX-engine pyfunc (`fer.export.log_onnx_engine_pyfunc`, what `fer export --pyfunc`
+(k) the training pyfunc (`fer.serving.pyfunc.log_emotion_model`), TensorFlow and Keras inside;
+(o) the same network exported to ONNX (`fer.export.formats.export_network`) and logged as the
+    ONNX-engine pyfunc (`fer.export.runs.log_onnx_engine_pyfunc`, what `fer export --pyfunc`
     logs): ONNX Runtime inside, TensorFlow never imported.
 
 Each is served in turn by `mlflow models serve --env-manager local --workers 1` on
@@ -104,10 +104,10 @@ def main() -> None:
     args = parser.parse_args()
     print(describe("tensorflow", "keras", "mlflow", "onnxruntime"))
 
-    from fer.export import log_onnx_engine_pyfunc
-    from fer.exported import export_network
+    from fer.export.runs import log_onnx_engine_pyfunc
+    from fer.export.formats import export_network
     from fer.models import build_model
-    from fer.serving import log_emotion_model
+    from fer.serving.pyfunc import log_emotion_model
 
     faces = make_faces(max(args.batch, 1), seed=3)[0][..., np.newaxis].astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:

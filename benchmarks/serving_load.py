@@ -6,7 +6,7 @@
 Load mode (default). The model is the one given (`--model-uri`, a photo model:
 models:/fer-emotion@champion, runs:/<training run id>/photo_model, a folder), or
 else a freshly built, untrained baseline network logged with
-`fer.photo_service.log_service_model` into a temporary SQLite store (removed at
+`fer.serving.photo_service.log_service_model` into a temporary SQLite store (removed at
 the end): untrained weights run the same operations at the same speed. It is
 served with `mlflow models serve --env-manager local --workers 1` on
 127.0.0.1, and --clients threads each send requests in turn, cycling through a
@@ -28,8 +28,8 @@ needs. Absolute rates depend on the machine and its load; run it on a quiet one.
 
 Detection mode (`--detection`): one 6000x6000 RGB JPEG photo with two faces,
 decoded and searched the way serving did before (whole photo decoded, copy of
-1024 px a side searched) and the way it does now (`fer.images.decode_photo`: a
-JPEG decoded at a reduced scale to at most 1280 px; `fer.faces.find_faces` on
+1024 px a side searched) and the way it does now (`fer.data.images.decode_photo`: a
+JPEG decoded at a reduced scale to at most 1280 px; `fer.serving.faces.find_faces` on
 a 640 px copy), interleaved over --rounds; median seconds each and the ratio.
 """
 
@@ -56,8 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fer import faces as fer_faces  # noqa: E402
-from fer import images  # noqa: E402
+from fer.serving import faces as fer_faces  # noqa: E402
+from fer.data import images  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from local_servers import ServerDidNotStart, start_model_server, stop_process_group  # noqa: E402  (scripts/)
 from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)
@@ -117,7 +117,7 @@ def log_untrained_model(folder: Path) -> str:
     import mlflow
 
     from fer.models import build_model
-    from fer.photo_service import log_service_model
+    from fer.serving.photo_service import log_service_model
 
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = mlflow.create_experiment("serving-benchmark", artifact_location=(folder / "artifacts").as_uri())

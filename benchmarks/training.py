@@ -4,20 +4,20 @@
                                   [--batch 64] [--rounds 2] [--modes bare,pipeline,full]
 
 Every mode trains the same network (`--model`: final is phase 2, baseline phase 1),
-compiled the same way (`fer.train.compile_model`: Adam, categorical cross-entropy,
+compiled the same way (`fer.training.train.compile_model`: Adam, categorical cross-entropy,
 accuracy), on the same faces (`--data`, loaded once per process with `fer.data.load`),
 for the same epochs and batch size, validating on the same validation split after
 every epoch:
 
 - bare (the reference): `model.fit` on in-memory float32 tensors, `shuffle=True`,
   no callbacks, no augmentation, no tracking;
-- pipeline: `model.fit` on the project's tf.data pipeline (`fer.pipeline.make_dataset`:
+- pipeline: `model.fit` on the project's tf.data pipeline (`fer.training.pipeline.make_dataset`:
   per-epoch permutation, one-warp augmentation), still without callbacks or tracking;
-- full: `fer.train.train`, the whole project path: pipeline, Keras autologging into a
+- full: `fer.training.train.train`, the whole project path: pipeline, Keras autologging into a
   SQLite store, the learning-rate, peak-memory, history and checkpoint callbacks,
   ReduceLROnPlateau (early stopping switched off, so every mode runs every epoch);
 - bare-xla, bare-bf16: the reference with `jit_compile=True`, or under the Keras dtype
-  policy `mixed_bfloat16`: what `fer.acceleration`'s `auto` turns off on a CPU.
+  policy `mixed_bfloat16`: what `fer.training.acceleration`'s `auto` turns off on a CPU.
 
 Each mode runs in a fresh Python process (so that its peak resident memory is its own
 and no TensorFlow state carries over), one after the other, and the rounds interleave
@@ -58,9 +58,9 @@ def run_mode(mode: str, args) -> dict:
     sys.path.insert(0, str(ROOT))
     import keras
 
-    from fer import acceleration
+    from fer.training import acceleration
     from fer import data as fer_data
-    from fer.callbacks import peak_rss_mb
+    from fer.training.callbacks import peak_rss_mb
     from fer.config import load_config
 
     config = load_config(
@@ -76,16 +76,16 @@ def run_mode(mode: str, args) -> dict:
     if mode == "full":
         train_size = _train_full(config, timer)
     else:
-        import fer.pipeline
-        import fer.train
+        import fer.training.pipeline
+        import fer.training.train
 
         splits = fer_data.load(config.data, seed=config.seed, progress=False)
         train_size = len(splits.train)
         keras.utils.set_random_seed(config.seed)
-        model = fer.train.compile_model(config)
+        model = fer.training.train.compile_model(config)
         if mode == "pipeline":
-            train_ds, val_ds = fer.train.training_datasets(splits, config, config.batch_size)
-            steps = fer.pipeline.batches_per_epoch(len(splits.train), config.batch_size)
+            train_ds, val_ds = fer.training.train.training_datasets(splits, config, config.batch_size)
+            steps = fer.training.pipeline.batches_per_epoch(len(splits.train), config.batch_size)
             model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
                       callbacks=[timer], verbose=0)
         else:
@@ -97,8 +97,8 @@ def run_mode(mode: str, args) -> dict:
 
 
 def _train_full(config, timer) -> int:
-    """fer.train.train into a throwaway SQLite store, with `timer` first among its callbacks."""
-    import fer.train
+    """fer.training.train.train into a throwaway SQLite store, with `timer` first among its callbacks."""
+    import fer.training.train
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -106,7 +106,7 @@ def _train_full(config, timer) -> int:
         with open(os.devnull, "w") as quiet:  # the run's own report: not this benchmark's output
             stdout, sys.stdout = sys.stdout, quiet
             try:
-                run_id = fer.train.train(config, experiment="benchmark", callbacks=[timer])  # first: see above
+                run_id = fer.training.train.train(config, experiment="benchmark", callbacks=[timer])  # first: see above
             finally:
                 sys.stdout = stdout
         import mlflow

@@ -8,15 +8,15 @@ scaled to 120 and 150 px, sizes the Haar cascade finds) drifting across fresh
 noise every frame. The network (`--model`: final is phase 2, baseline phase 1)
 is freshly built, not trained: trained weights are other numbers in the same
 tensors and run at the same speed. It is logged as the photo model
-(`fer.photo_service.log_service_model`) into a temporary SQLite store and loaded
-back with `fer.predict.load_face_model`, as `fer predict --model` loads it.
+(`fer.serving.photo_service.log_service_model`) into a temporary SQLite store and loaded
+back with `fer.serving.predict.load_face_model`, as `fer predict --model` loads it.
 
 Every method runs over the whole video, from the file:
 
-(a) decode, gray and `fer.faces.detect_faces` on every frame: the reference,
+(a) decode, gray and `fer.serving.faces.detect_faces` on every frame: the reference,
     the least any per-frame face pipeline over this video costs;
 (b) decode only (OpenCV's `read`), for scale;
-(c) `fer.predict.predict_video`, every frame: detection, cropping, the
+(c) `fer.serving.predict.predict_video`, every frame: detection, cropping, the
     loaded model, tracking, smoothing and the CSV (written to memory);
 (d) the same with `every=5` (`fer predict --every 5`);
 (e) the same as (c) with `annotate=<tmp>/annotated.mp4`.
@@ -48,11 +48,11 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fer import faces as fer_faces  # noqa: E402
+from fer.serving import faces as fer_faces  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
-from fer.photo_service import log_service_model  # noqa: E402
-from fer.predict import VideoReader, frame_gray, load_face_model, predict_video  # noqa: E402
+from fer.serving.photo_service import log_service_model  # noqa: E402
+from fer.serving.predict import VideoReader, frame_gray, load_face_model, predict_video  # noqa: E402
 from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 SIZE = (640, 480)  # width, height

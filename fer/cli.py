@@ -25,7 +25,7 @@ from fer.config import CALIBRATIONS, LOGIT_ADJUSTMENTS, LR_SCHEDULES, MODELS, TT
 from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
-from fer.video import DEFAULT_HALF_LIFE, DEFAULT_MAX_MISSED
+from fer.serving.video import DEFAULT_HALF_LIFE, DEFAULT_MAX_MISSED
 
 # What a shell reports for a job its signal stopped (128 + the signal's number): `mlflow run`,
 # Kubernetes and scripts can tell an interruption from a failure (1) or a bad command line (2).
@@ -261,8 +261,8 @@ def train(phase, experiment, no_cache, settings, resume, **overrides):
             describe_source(config.data)  # a data path that is not there fails here, in a second
     except (ConfigError, DataError) as err:
         raise click.UsageError(str(err)) from None
-    from fer.checkpoints import ResumeError
-    from fer.train import train as run_training  # TensorFlow loads only once the input is known good
+    from fer.training.checkpoints import ResumeError
+    from fer.training.train import train as run_training  # TensorFlow loads only once the input is known good
 
     try:
         run_training(config, experiment=experiment, use_cache=not no_cache, resume=resume)
@@ -291,7 +291,7 @@ def sweep(sweep_file, name, trials, max_minutes, data, epochs, settings, storage
     SWEEP_FILE is a YAML file or a name in experiments/ (default: experiments/sweep.yaml).
     """
     try:
-        from fer import sweep as sweeps  # Optuna is an optional extra
+        from fer.sweep import runner as sweeps  # Optuna is an optional extra
     except ModuleNotFoundError as err:
         if err.name != "optuna":
             raise
@@ -330,8 +330,8 @@ def _settings(settings: tuple[str, ...]) -> dict[str, str]:
 @EXPERIMENT
 def compare(baseline_run, final_run, experiment):
     """Build the baseline-vs-final table and log it to a `compare` run."""
-    from fer.compare import CompareError
-    from fer.compare import compare as run_compare
+    from fer.analysis.compare import CompareError
+    from fer.analysis.compare import compare as run_compare
 
     try:
         run_id, _, markdown = run_compare(baseline_run, final_run, experiment)
@@ -368,7 +368,7 @@ def diagnose(run_id):
     """Write diagnostics.md and diagnostics.json to RUN_ID and print the summary."""
     from mlflow.exceptions import MlflowException
 
-    from fer.diagnostics import diagnose_run, log_diagnostics
+    from fer.analysis.diagnostics import diagnose_run, log_diagnostics
     from fer.tracking import configure_tracking
 
     try:
@@ -411,8 +411,8 @@ def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
     time, frame, face id, box and the 8 emotion probabilities, smoothed over
     time. Progress goes to standard error.
     """
-    from fer.faces import FaceDetectorUnavailable
-    from fer.predict import PredictError, is_video_path
+    from fer.serving.faces import FaceDetectorUnavailable
+    from fer.serving.predict import PredictError, is_video_path
 
     videos = [path for path in files if is_video_path(path)]
     if videos and len(files) > 1:
@@ -434,7 +434,7 @@ def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
 
 
 def _predict_photos(model_uri, files, annotate_dir):
-    from fer.predict import load_service_model, predict_files
+    from fer.serving.predict import load_service_model, predict_files
     from fer.tracking import configure_tracking
 
     if annotate_dir and os.path.isfile(annotate_dir):
@@ -447,12 +447,12 @@ def _predict_photos(model_uri, files, annotate_dir):
 
 
 def _predict_video(model_uri, path, annotate, csv_path, every, half_life, max_missed):
-    from fer.predict import (
+    from fer.serving.predict import (
         PredictError, VideoReader, check_annotate_path, load_face_model, predict_video, progress_printer,
         quiet_video_logs,
     )
     from fer.tracking import configure_tracking
-    from fer.video import FaceTracker
+    from fer.serving.video import FaceTracker
 
     try:
         tracker = FaceTracker(half_life=half_life, max_missed=max_missed)
@@ -504,7 +504,7 @@ def export_command(model_uri, format_, quantize, output, data, calibration_faces
     RUN_OR_MODEL_URI: a run id, runs:/<run id>/model, models:/fer-emotion@champion, models:/<name>/<version>,
     or a local model folder. Prints the validation accuracy of Keras, the exported file and its int8 copy.
     """
-    from fer.export import ExportError, export_model  # TensorFlow loads later, in export_model
+    from fer.export.runs import ExportError, export_model  # TensorFlow loads later, in export_model
     from fer.tracking import configure_tracking
 
     try:

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from fer.acceleration import DTYPE_POLICIES, JIT_CHOICES
+from fer.training.acceleration import DTYPE_POLICIES, JIT_CHOICES
 from fer.data.splits import LabelMode
-from fer.distribute import STRATEGIES
+from fer.training.distribute import STRATEGIES
 
 # The project's experiments/: beside the package in a checkout (and in `mlflow run`).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -51,7 +51,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Random transforms applied to training batches only (see `fer.pipeline`)."""
+    """Random transforms applied to training batches only (see `fer.training.pipeline`)."""
 
     rotation: float = 15.0  # degrees, +/-
     width_shift: float = 0.1  # fraction of the width, +/-
@@ -94,18 +94,18 @@ class TrainConfig:
     seed: int = 42
     skip_bad: bool = False
     val_fraction: float = 0.1
-    distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.distribute)
+    distribute: str = "auto"  # auto | mirrored | multi_worker | none (see fer.training.distribute)
     max_minutes: float = 0.0  # stop after the last epoch that fits in this many minutes; 0: no limit
-    lr_schedule: str = "plateau"  # auto | plateau (reduce_lr below) | linear | cosine (see fer.schedules)
+    lr_schedule: str = "plateau"  # auto | plateau (reduce_lr below) | linear | cosine (see fer.training.schedules)
     warmup_epochs: float = 0.0  # linear / cosine: the rate rises to learning_rate over this many epochs
     final_lr_fraction: float = 0.01  # linear / cosine: the last step's rate, as a fraction of learning_rate
     tta: str = "none"  # auto | none | flip: evaluate and serve the mean of the face's and its mirror's predictions
-    calibration: str = "none"  # none | temperature: fit one temperature on validation, serve scaled (fer.calibration)
-    logit_adjustment: str = "none"  # auto | none | fit: fit tau on validation, serve prior-adjusted (fer.logit_adjustment)
+    calibration: str = "none"  # none | temperature: fit one temperature on validation, serve scaled (fer.evaluation.calibration)
+    logit_adjustment: str = "none"  # auto | none | fit: fit tau on validation, serve prior-adjusted (fer.evaluation.logit_adjustment)
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
-    jit_compile: str = "auto"  # auto | true | false (see fer.acceleration)
+    jit_compile: str = "auto"  # auto | true | false (see fer.training.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
-    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) figures as system/* metrics (fer.system_metrics)
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) figures as system/* metrics (fer.training.system_metrics)
     system_metrics_interval: float = 10.0  # seconds between two samples of them
     augmentation: Augmentation = Augmentation()
     reduce_lr: ReduceLR = ReduceLR()
@@ -420,7 +420,7 @@ def _require(ok: bool, key: str, allowed: str, value) -> None:
 
 
 def check_augmentation(aug: Augmentation, prefix: str = "augmentation.") -> None:
-    """The transforms' ranges, checked once for the configuration and for `fer.augment.RandomAffine`.
+    """The transforms' ranges, checked once for the configuration and for `fer.training.augment.RandomAffine`.
 
     Raises ConfigError naming `prefix` + the transform, the value and the range allowed.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from fer.calibration import PROBABILITY_FLOOR
+from fer.evaluation.calibration import PROBABILITY_FLOOR
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -117,8 +117,8 @@ class TemperatureScaling(layers.Layer):
     """Rescales probabilities to softmax(ln p / T): a softmax network's logits divided by `temperature`.
 
     Works on log-probabilities because the networks end in a softmax
-    (`fer.calibration` explains why that equals dividing the logits). The same
-    floor as `fer.calibration.apply_temperature` keeps ln 0 finite, so both
+    (`fer.evaluation.calibration` explains why that equals dividing the logits). The same
+    floor as `fer.evaluation.calibration.apply_temperature` keeps ln 0 finite, so both
     give the same numbers. The most likely class never changes.
     """
 
@@ -139,7 +139,7 @@ class TemperatureScaling(layers.Layer):
 
 
 def with_temperature(network: keras.Model, temperature: float) -> keras.Model:
-    """`network` wrapped to serve temperature-scaled probabilities (`fer.calibration.fit_temperature` finds T).
+    """`network` wrapped to serve temperature-scaled probabilities (`fer.evaluation.calibration.fit_temperature` finds T).
 
     Like `with_flip_averaging`: the same weights, the same input, N x 8
     probabilities out, so serving is unchanged; it wraps a flip-averaging
@@ -148,7 +148,7 @@ def with_temperature(network: keras.Model, temperature: float) -> keras.Model:
 
     Example:
         calibrated = with_temperature(build_model("final"), 1.7)
-        probabilities = calibrated.predict(faces)  # == fer.calibration.apply_temperature(net(faces), 1.7)
+        probabilities = calibrated.predict(faces)  # == fer.evaluation.calibration.apply_temperature(net(faces), 1.7)
     """
     inputs = keras.Input(shape=network.input_shape[1:], name="face")
     outputs = TemperatureScaling(temperature, name="temperature")(network(inputs))
@@ -159,8 +159,8 @@ def with_temperature(network: keras.Model, temperature: float) -> keras.Model:
 class LogitAdjustment(layers.Layer):
     """Shifts probabilities to softmax(ln p + offsets): logit adjustment by the class prior.
 
-    `offsets` are ``-tau * ln prior`` per class (`fer.logit_adjustment.offsets`);
-    the same floor as `fer.logit_adjustment.adjust` keeps ln 0 finite, so both
+    `offsets` are ``-tau * ln prior`` per class (`fer.evaluation.logit_adjustment.offsets`);
+    the same floor as `fer.evaluation.logit_adjustment.adjust` keeps ln 0 finite, so both
     give the same numbers.
     """
 
@@ -178,7 +178,7 @@ class LogitAdjustment(layers.Layer):
 
 
 def with_logit_adjustment(network: keras.Model, offsets) -> keras.Model:
-    """`network` wrapped to serve prior-adjusted probabilities (`fer.logit_adjustment.fit_tau` finds tau).
+    """`network` wrapped to serve prior-adjusted probabilities (`fer.evaluation.logit_adjustment.fit_tau` finds tau).
 
     Like `with_temperature`: the same weights and input, N x 8 probabilities
     out, so serving is unchanged. A saved wrapper loads wherever `fer.models`
@@ -186,7 +186,7 @@ def with_logit_adjustment(network: keras.Model, offsets) -> keras.Model:
 
     Example:
         adjusted = with_logit_adjustment(build_model("final"), offsets(prior, 0.4))
-        probabilities = adjusted.predict(faces)  # == fer.logit_adjustment.adjust(net(faces), prior, 0.4)
+        probabilities = adjusted.predict(faces)  # == fer.evaluation.logit_adjustment.adjust(net(faces), prior, 0.4)
     """
     inputs = keras.Input(shape=network.input_shape[1:], name="face")
     outputs = LogitAdjustment(offsets, name="logit_adjustment")(network(inputs))

@@ -8,7 +8,7 @@ its numbers go into the version's tags and description, and the training run's
 evaluation metrics are linked to the registered model, so the version's model
 page shows them. Versions are never deleted: every promotion stays auditable.
 
-The registered model is the photo-capable service model (`fer.photo_service`),
+The registered model is the photo-capable service model (`fer.serving.photo_service`),
 logged at promotion into the training run itself (a logged model named
 `photo_model` whose source run is the training run), so a version's source
 run is the training run: its metrics, curves, data set and diagnostics are one
@@ -237,7 +237,7 @@ def evaluation_metrics(client: MlflowClient, run_id: str) -> list[Metric]:
 
 
 def _log_service_model(source_run_id: str, model_id: str):
-    from fer.photo_service import find_keras_file, log_service_model
+    from fer.serving.photo_service import find_keras_file, log_service_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = mlflow.artifacts.download_artifacts(f"runs:/{source_run_id}/model", dst_path=tmp)

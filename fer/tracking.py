@@ -39,7 +39,7 @@ class RunStopped(Exception):
 
     The run ends KILLED with its history so far, tagged `fer.stopped_by` with the
     class's `reason`, and keeps no checkpoint: there is nothing to resume. A sweep's
-    pruned trial is one (`fer.sweep.TrialPruned`, also Optuna's TrialPruned).
+    pruned trial is one (`fer.sweep.runner.TrialPruned`, also Optuna's TrialPruned).
 
     Example:
         class Pruned(RunStopped):

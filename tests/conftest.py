@@ -215,7 +215,7 @@ def active_store(folder: Path):
 @pytest.fixture
 def in_process(tmp_path, monkeypatch):
     """A SQLite tracking store (and data cache) in tmp_path, active in this process for MLflow and for
-    `fer.train.train` & co. (MLFLOW_TRACKING_URI, FER_CACHE_DIR, the working folder); its client."""
+    `fer.training.train.train` & co. (MLFLOW_TRACKING_URI, FER_CACHE_DIR, the working folder); its client."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fer import acceleration
+from fer.training import acceleration
 from fer.models import build_model
 
 

@@ -1,4 +1,4 @@
-"""RandomAffine: one composed affine warp per image (fer.augment), and the pipeline that uses it."""
+"""RandomAffine: one composed affine warp per image (fer.training.augment), and the pipeline that uses it."""
 
 import math
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer.augment import RandomAffine, from_config_augmentation
+from fer.training.augment import RandomAffine, from_config_augmentation
 from fer.config import Augmentation
 from fer.data.splits import Split
 from fer.data.synthetic import make_faces
-from fer.pipeline import make_dataset
+from fer.training.pipeline import make_dataset
 
 SIZE = 48
 CENTRE = (SIZE - 1) / 2  # pixel centres at integer coordinates
@@ -298,7 +298,7 @@ def test_transforms_are_one_object_or_keywords_and_round_trip_through_get_config
 def test_compiled_warp_samples_like_tensorflows_projective_transform_kernel(faces, fill_mode, channels):
     """The XLA warp against tf.raw_ops.ImageProjectiveTransformV3 (the kernel behind
     keras.ops.image.affine_transform) on the same matrices, strong transforms included."""
-    from fer.augment import inverse_matrices
+    from fer.training.augment import inverse_matrices
 
     images = faces[0] if channels == 1 else np.concatenate([faces[0], 255 - faces[0], faces[0][:, ::-1]], axis=3)
     layer = RandomAffine(rotation=60, width_shift=0.4, height_shift=0.4, shear=0.5, zoom=0.5,
@@ -325,7 +325,7 @@ def test_other_fill_modes_and_nearest_interpolation_use_tensorflows_kernel(faces
 
 
 def test_repeated_training_dataset_gives_a_new_permutation_every_epoch_from_one_iterator(faces):
-    from fer.pipeline import batches_per_epoch
+    from fer.training.pipeline import batches_per_epoch
 
     split = _split(faces)
     steps = batches_per_epoch(len(split), 24)  # 64 images: batches of 24, 24, 16

@@ -1,4 +1,4 @@
-"""fer.calibration: log-loss, ECE and the reliability bins against hand-computed values; temperature scaling."""
+"""fer.evaluation.calibration: log-loss, ECE and the reliability bins against hand-computed values; temperature scaling."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fer.calibration
-from fer.calibration import (
+import fer.evaluation.calibration
+from fer.evaluation.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
@@ -179,15 +179,15 @@ def test_scaling_keeps_rows_distributions_and_their_most_likely_class(logits, te
 
 
 def test_the_docstring_examples_run():
-    result = doctest.testmod(fer.calibration, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(fer.evaluation.calibration, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 6 and result.failed == 0
 
 
 def test_importing_the_module_does_not_import_scikit_learn():
-    """A served model imports fer.calibration (through fer.models), and its environment has no scikit-learn."""
+    """A served model imports fer.evaluation.calibration (through fer.models), and its environment has no scikit-learn."""
     import subprocess
     import sys
 
-    code = "import sys, fer.calibration; print('sklearn' in sys.modules, 'tensorflow' in sys.modules)"
+    code = "import sys, fer.evaluation.calibration; print('sklearn' in sys.modules, 'tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

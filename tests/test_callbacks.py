@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fer.callbacks import PeakMemory, ReportEachEpoch, TimeLimit, peak_rss_mb
+from fer.training.callbacks import PeakMemory, ReportEachEpoch, TimeLimit, peak_rss_mb
 
 
 def _tiny_fit(callbacks, epochs):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from fer.checkpoints import (
+from fer.training.checkpoints import (
     METADATA,
     PREVIOUS_METADATA,
     ResumeError,

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import run_or_fail
 from fer.cli import main
-from fer.compare import CompareError, RunSummary, comparison_rows, resolve_runs
-from fer.history import OVERFIT_BANDS, STABILITY_BANDS, band
+from fer.analysis.compare import CompareError, RunSummary, comparison_rows, resolve_runs
+from fer.analysis.history import OVERFIT_BANDS, STABILITY_BANDS, band
 
 
 def summary(val_accuracy, accuracy, val_loss, **kwargs) -> RunSummary:
@@ -83,7 +83,7 @@ def test_banded_rows_follow_the_band_not_the_sign():
 
 
 def test_compare_history_figure_has_whole_epoch_ticks(tmp_path):
-    from fer.compare import compare_history_figure
+    from fer.analysis.compare import compare_history_figure
 
     baseline = summary([0.40, 0.50], [0.4, 0.5], [1.2, 1.1])
     final = summary([0.45, 0.55], [0.45, 0.55], [1.1, 1.0])

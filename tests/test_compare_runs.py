@@ -1,9 +1,9 @@
 """Compare on real runs in SQLite: the table and diagnostics text of a fixed pair pinned, and NaN epochs.
 
 Two runs are logged into a real SQLite store (histories, params, evaluation
-metrics, confusion_matrix.json); `fer.compare.compare` reads them back and
+metrics, confusion_matrix.json); `fer.analysis.compare.compare` reads them back and
 builds the table. The expected text was written by the code before the
-history analysis moved to `fer.history`; any change to it must be deliberate
+history analysis moved to `fer.analysis.history`; any change to it must be deliberate
 (regenerate with FER_UPDATE_GOLDEN=1 and review the diff).
 """
 
@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from fer import compare as fer_compare
+from fer.analysis import compare as fer_compare
 from fer.data.splits import EMOTIONS
-from fer.diagnostics import diagnose_run
+from fer.analysis.diagnostics import diagnose_run
 
 GOLDEN = Path(__file__).parent / "golden"
 EXPERIMENT = "pinned"

@@ -150,7 +150,7 @@ def test_train_help_is_quiet(tmp_path):
 
 @pytest.mark.slow  # a fresh Python process that imports TensorFlow, or seconds of work: not the fast lane
 def test_the_served_models_import_without_mlflows_type_hint_warning(tmp_path):
-    code = "import warnings; warnings.simplefilter('always'); import fer.serving, fer.photo_service"
+    code = "import warnings; warnings.simplefilter('always'); import fer.serving.pyfunc, fer.serving.photo_service"
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

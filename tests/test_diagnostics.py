@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from fer.diagnostics import (
+from fer.analysis.diagnostics import (
     GAP_TOLERANCE,
     MIN_ACCURACY_EFFECT,
     NOISE_MULTIPLIER,

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from conftest import fer_cli, project_env, run_or_fail
 from fer.config import ConfigError, load_config
-from fer.distribute import is_chief, worker_count
+from fer.training.distribute import is_chief, worker_count
 
 EPOCHS = 2
 PER_EPOCH_METRICS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")

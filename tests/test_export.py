@@ -1,7 +1,7 @@
 """ONNX and LiteRT export: real exports run by real ONNX Runtime / LiteRT, checked against Keras.
 
 Trained networks are tiny (the baseline, one short epoch on drawn faces) so the
-exports take seconds; the training runs are real `fer.train.train` runs into a
+exports take seconds; the training runs are real `fer.training.train.train` runs into a
 SQLite store in tmp_path.
 """
 
@@ -16,19 +16,17 @@ from click.testing import CliRunner
 from conftest import briefly_trained_baseline
 
 from fer.data.synthetic import make_faces
-from fer.export import TAG_ONNX, TAG_ONNX_SKIPPED, OnnxExportSkipped, log_onnx_model
-from fer.exported import (
+from fer.export.runs import TAG_ONNX, TAG_ONNX_SKIPPED, OnnxExportSkipped, log_onnx_model
+from fer.export.formats import (
     PARITY_TOLERANCE,
     ConverterMissing,
-    LiteRTNetwork,
-    OnnxRuntimeNetwork,
     export_network,
     float32_copy,
     measure_parity,
     require_converter,
 )
-from fer.quantization import quantize
-from fer.serving import forward
+from fer.export.quantization import quantize
+from fer.serving.engines import LiteRTNetwork, OnnxRuntimeNetwork, forward
 
 
 def faces(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +71,7 @@ def trained():
 @pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True, "all"], ids=["plain", "flip-tta", "tta-adjusted-calibrated"])
 def test_onnx_runtime_gives_the_keras_probabilities(trained, tmp_path, tta):
-    from fer.logit_adjustment import offsets
+    from fer.evaluation.logit_adjustment import offsets
     from fer.models import with_flip_averaging, with_logit_adjustment, with_temperature
 
     network = with_flip_averaging(trained) if tta else trained
@@ -98,7 +96,7 @@ def test_litert_gives_the_keras_probabilities(trained, tmp_path):
 
 @pytest.mark.slow
 def test_a_mixed_precision_network_is_exported_as_a_float32_copy(trained, tmp_path):
-    from fer.acceleration import dtype_policy
+    from fer.training.acceleration import dtype_policy
     from fer.models import build_model
 
     with dtype_policy("mixed_bfloat16"):
@@ -141,7 +139,7 @@ def store(in_process):
 
 def train_tiny(**settings) -> str:
     from fer.config import load_config
-    from fer.train import train
+    from fer.training.train import train
 
     config = {"data": "synthetic:96", "epochs": 1, "batch_size": 32, "seed": 7, **settings}
     return train(load_config("phase1", config), experiment="export")

@@ -1,4 +1,4 @@
-"""fer.images, the one decoder: training and serving read the same bytes to the same faces; hostile bytes.
+"""fer.data.images, the one decoder: training and serving read the same bytes to the same faces; hostile bytes.
 
 The property tests feed arbitrary bytes, truncated files and files with bytes
 changed to the decoders training and serving use, and to the whole serving
@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fer import faces as fer_faces
-from fer import images, photo_service
+from fer.serving import faces as fer_faces
+from fer.data import images
+from fer.serving import photo_service
 from fer.data.synthetic import make_faces
-from fer.images import ImageError
+from fer.data.images import ImageError
 
 # Small and deterministic so CI stays fast; the deadline is what "never hangs" means here.
 HOSTILE = settings(

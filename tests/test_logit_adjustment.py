@@ -1,10 +1,10 @@
-"""Logit adjustment (fer.logit_adjustment): the prior, the adjusted probabilities and the fitted tau."""
+"""Logit adjustment (fer.evaluation.logit_adjustment): the prior, the adjusted probabilities and the fitted tau."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from fer.logit_adjustment import TAU_GRID, adjust, class_prior, fit_tau, offsets
+from fer.evaluation.logit_adjustment import TAU_GRID, adjust, class_prior, fit_tau, offsets
 
 
 def test_the_prior_is_the_laplace_smoothed_share_of_training_targets_hard_or_soft():

@@ -71,7 +71,7 @@ def test_inference_mode_does_not_collapse_after_a_short_run():
 
 def test_flip_averaging_predicts_the_mean_of_the_face_and_its_mirror_and_survives_saving(tmp_path):
     from fer.models import build_model, with_flip_averaging
-    from fer.serving import load_network
+    from fer.serving.pyfunc import load_network
 
     keras.utils.set_random_seed(0)
     network = build_model("baseline")
@@ -91,14 +91,14 @@ PRIOR = np.array([0.3, 0.25, 0.15, 0.12, 0.1, 0.04, 0.03, 0.01])
 
 
 def _temperature_2_5():
-    from fer.calibration import apply_temperature
+    from fer.evaluation.calibration import apply_temperature
     from fer.models import with_temperature
 
     return (lambda network: with_temperature(network, 2.5)), (lambda p: apply_temperature(p, 2.5))
 
 
 def _logit_adjustment_0_8():
-    from fer.logit_adjustment import adjust, offsets
+    from fer.evaluation.logit_adjustment import adjust, offsets
     from fer.models import with_logit_adjustment
 
     return (lambda network: with_logit_adjustment(network, offsets(PRIOR, 0.8))), (lambda p: adjust(p, PRIOR, 0.8))
@@ -107,10 +107,10 @@ def _logit_adjustment_0_8():
 @pytest.mark.parametrize("post_processing", [_temperature_2_5, _logit_adjustment_0_8],
                          ids=["temperature", "logit-adjustment"])
 def test_a_post_processing_wrapper_serves_what_its_numpy_twin_computes_and_survives_saving(tmp_path, post_processing):
-    """with_temperature / with_logit_adjustment around a flip network: fer.calibration's and
-    fer.logit_adjustment's numbers, no weights of their own, the same after saving and loading."""
+    """with_temperature / with_logit_adjustment around a flip network: fer.evaluation.calibration's and
+    fer.evaluation.logit_adjustment's numbers, no weights of their own, the same after saving and loading."""
     from fer.models import with_flip_averaging
-    from fer.serving import load_network
+    from fer.serving.pyfunc import load_network
 
     wrap, twin = post_processing()
     keras.utils.set_random_seed(0)

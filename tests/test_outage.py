@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import fer_cli, free_port, project_env, start_tracking_server
-from fer.outbox import kept_until_logged
+from fer.training.outbox import kept_until_logged
 from fer.tracking import TrackingServerError, server_unreachable
 
 PER_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "peak_rss_mb")

@@ -6,7 +6,7 @@ import pytest
 
 from fer.models import build_model
 from fer.registry import CHALLENGER, CHAMPION, LATEST_COMPARE, PHOTO_MODEL, PromotionError, decide, promote
-from fer.serving import log_emotion_model
+from fer.serving.pyfunc import log_emotion_model
 
 NAME = "fer-emotion-test"
 
@@ -180,7 +180,7 @@ def test_latest_compare_without_a_compare_says_what_to_run(store):
 @pytest.mark.slow  # promotes a model trained by `mlflow run`
 def test_compare_and_promote_runs_share_no_metric_name_with_trainings(trained_store, monkeypatch):
     """On real training runs: neither kind of run adds a curve to the trainings' charts."""
-    from fer.compare import compare
+    from fer.analysis.compare import compare
 
     uri, client, runs, _ = trained_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -162,7 +162,7 @@ def test_a_resumed_sitting_takes_its_own_time_budget(store):
 def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch):
     import keras
 
-    import fer.train
+    import fer.training.train
     from fer.config import load_config
 
     class Explode(keras.callbacks.Callback):
@@ -175,7 +175,7 @@ def test_an_exception_ends_the_run_failed_with_what_it_had(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     config = load_config("phase1", {"data": "synthetic:64", "epochs": 5, "batch_size": 32})
     with pytest.raises(RuntimeError, match="disk full"):
-        fer.train.train(config, experiment="failing", callbacks=[Explode()])
+        fer.training.train.train(config, experiment="failing", callbacks=[Explode()])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("failing").experiment_id])[0]
     assert run.info.status == "FAILED"

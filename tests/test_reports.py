@@ -1,4 +1,4 @@
-"""fer.reports: learning-rate steps, history plots, best epochs, evaluation metrics."""
+"""fer.analysis.reports: learning-rate steps, history plots, best epochs, evaluation metrics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from fer import EMOTIONS
-from fer.history import learning_rate_steps
-from fer.reports import (
+from fer.analysis.history import learning_rate_steps
+from fer.analysis.reports import (
     BestPerformance,
     best_performance,
     evaluate_predictions,
@@ -38,17 +38,17 @@ def _assert_png(path, min_width=400, min_height=300):
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """The matplotlib Figures fer.reports makes during the test, in order: what was drawn, not only that a PNG exists."""
-    import fer.reports
+    """The matplotlib Figures fer.analysis.reports makes during the test, in order: what was drawn, not only that a PNG exists."""
+    import fer.analysis.reports
 
     figures = []
 
-    class RecordingFigure(fer.reports.Figure):
+    class RecordingFigure(fer.analysis.reports.Figure):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             figures.append(self)
 
-    monkeypatch.setattr(fer.reports, "Figure", RecordingFigure)
+    monkeypatch.setattr(fer.analysis.reports, "Figure", RecordingFigure)
     return figures
 
 
@@ -288,7 +288,7 @@ def test_evaluate_predictions_all_classes_present_uses_plain_macro_f1():
 
 
 def test_evaluation_scores_the_probabilities_log_loss_and_ece_as_fer_calibration_does(evaluation):
-    from fer.calibration import expected_calibration_error, log_loss
+    from fer.evaluation.calibration import expected_calibration_error, log_loss
 
     probabilities = _probabilities(Y_PRED)
     metrics = evaluation.metrics("test")
@@ -363,7 +363,7 @@ def test_plot_confusion_matrix_checks_shape(tmp_path):
 
 
 def test_reliability_diagram_draws_each_curves_filled_bins_shares_and_ece(tmp_path, drawn):
-    from fer.calibration import apply_temperature, reliability
+    from fer.evaluation.calibration import apply_temperature, reliability
 
     labels = np.array([0, 1, 1, 0, 1, 0])
     probabilities = np.array([[0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.2, 0.7, 0.1],
@@ -387,7 +387,7 @@ def test_reliability_diagram_draws_each_curves_filled_bins_shares_and_ece(tmp_pa
 
 
 def test_reliability_diagram_refuses_no_curves_and_curves_binned_differently(tmp_path):
-    from fer.calibration import reliability
+    from fer.evaluation.calibration import reliability
 
     with pytest.raises(ValueError, match="at least one"):
         plot_reliability_diagram({}, tmp_path / "r.png")
@@ -401,7 +401,7 @@ def test_reliability_diagram_refuses_no_curves_and_curves_binned_differently(tmp
 
 def test_reports_imports_neither_tensorflow_nor_mlflow():
     code = (
-        "import sys, fer.reports; "
+        "import sys, fer.analysis.reports; "
         "heavy = ('tensorflow', 'keras', 'mlflow', 'matplotlib.pyplot'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "print(','.join(bad))"

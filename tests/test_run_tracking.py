@@ -91,7 +91,7 @@ def test_system_metrics_are_sampled_while_the_run_trains(main_run):
 def test_a_run_with_system_metrics_off_has_none(in_process):
     pytest.importorskip("psutil", reason="without psutil no run has system metrics: nothing to switch off")
     from fer.config import load_config
-    from fer.train import train
+    from fer.training.train import train
 
     config = load_config("phase1", {"data": "synthetic:64", "batch_size": 32, "epochs": 1, "system_metrics": False,
                                     "system_metrics_interval": 0.2})

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from fer.callbacks import TimeLimit
-from fer.schedules import BudgetedDecay, decayed_rate, epochs_that_fit
+from fer.training.callbacks import TimeLimit
+from fer.training.schedules import BudgetedDecay, decayed_rate, epochs_that_fit
 
 PEAK = 1e-3
 

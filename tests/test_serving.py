@@ -29,11 +29,12 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from conftest import active_store, briefly_trained_baseline, start_model_server, stop_process_group
-from fer import faces as fer_faces
-from fer import images, photo_service
+from fer.serving import faces as fer_faces
+from fer.data import images
+from fer.serving import photo_service
 from fer.data.splits import EMOTIONS
 from fer.data.synthetic import faces_on_noise, make_faces
-from fer.photo_service import FaceEmotionModel, find_keras_file, log_service_model
+from fer.serving.photo_service import FaceEmotionModel, find_keras_file, log_service_model
 
 # Where compose_photo pastes its two faces, as boxes: x, y, width, height.
 PASTED = [(30, 60, 96, 96), (190, 50, 112, 112)]
@@ -79,7 +80,7 @@ def require_detector():
 
 
 # ---------------------------------------------------------------------------
-# fer.faces: no model needed
+# fer.serving.faces: no model needed
 
 
 def test_bytes_base64_and_data_uri_decode_to_the_same_pixels():
@@ -609,7 +610,7 @@ def test_cli_predict_reports_a_bad_photo_and_goes_on_with_the_rest(served, tmp_p
 
 def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
     from fer.models import build_model
-    from fer.serving import FORWARD_CHUNK, forward
+    from fer.serving.engines import FORWARD_CHUNK, forward
 
     network = build_model("baseline")
     faces = np.random.default_rng(1).integers(0, 256, (FORWARD_CHUNK + 44, 48, 48, 1)).astype(np.float32)
@@ -624,7 +625,7 @@ def test_forward_in_chunks_matches_keras_predict_for_any_number_of_faces():
 @pytest.mark.slow
 def test_training_pyfunc_refuses_bad_faces_with_the_service_models_check(store):
     from fer.models import build_model
-    from fer.serving import log_emotion_model
+    from fer.serving.pyfunc import log_emotion_model
 
     faces, _ = make_faces(3, seed=6)
     with mlflow.start_run():

@@ -14,7 +14,7 @@ from fer.config import ConfigError
 
 optuna = pytest.importorskip("optuna")
 
-from fer import sweep as sweeps  # noqa: E402  (needs Optuna, the `sweep` extra)
+from fer.sweep import runner as sweeps  # noqa: E402  (needs Optuna, the `sweep` extra)
 
 # Small enough for seconds a trial: the baseline network, 64 faces, 2 epochs.
 TINY = {"data": "synthetic:64", "batch_size": 32, "epochs": 2}
@@ -125,7 +125,8 @@ def test_without_optuna_the_command_names_the_extra_to_install(monkeypatch):
     import fer
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails as if it were not installed
-    monkeypatch.delitem(sys.modules, "fer.sweep")
+    monkeypatch.delitem(sys.modules, "fer.sweep.runner")
+    monkeypatch.delitem(sys.modules, "fer.sweep")  # else `from fer.sweep import runner` finds it there
     monkeypatch.delattr(fer, "sweep")
     result = CliRunner().invoke(main, ["sweep"])
     assert result.exit_code == 1

@@ -10,7 +10,7 @@ import time
 import mlflow
 import pytest
 
-from fer import system_metrics
+from fer.training import system_metrics
 
 CPU = "system/cpu_utilization_percentage"
 MEMORY = "system/system_memory_usage_megabytes"

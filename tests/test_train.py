@@ -22,11 +22,11 @@ pytestmark = pytest.mark.slow
 
 
 def expected_acceleration() -> tuple[str, str]:
-    """What `auto` resolves to on this machine (fer.acceleration): XLA with exactly one GPU
+    """What `auto` resolves to on this machine (fer.training.acceleration): XLA with exactly one GPU
     (Keras's rule; several GPUs mean a mirrored strategy, where it is off), mixed precision on tensor cores."""
     import tensorflow as tf
 
-    from fer.acceleration import resolve_dtype_policy
+    from fer.training.acceleration import resolve_dtype_policy
 
     return str(len(tf.config.list_physical_devices("GPU")) == 1), resolve_dtype_policy("auto")
 
@@ -65,7 +65,7 @@ def test_run_finishes_with_config_params_and_tags(store, phase, model):
     assert tags["fer.model"] == model and tags["fer.data_source"] == "synthetic"
     assert tags["fer.label_mode"] == "majority"
     assert tags["mlflow.runName"].startswith(f"{phase}-{model}")
-    # auto: neither XLA nor mixed precision without a GPU; both on one with tensor cores (fer.acceleration).
+    # auto: neither XLA nor mixed precision without a GPU; both on one with tensor cores (fer.training.acceleration).
     assert (params["acceleration.jit_compile"], params["acceleration.dtype_policy"]) == expected_acceleration()
     assert params["config.max_minutes"] == "30.0" and tags["fer.stopped_by"] == "epochs"
 
@@ -139,7 +139,7 @@ def test_logged_model_reloads_and_predicts_like_the_keras_model(store, tmp_path)
 
 def train_phase1(settings: dict, experiment: str) -> str:
     from fer.config import load_config
-    from fer.train import train
+    from fer.training.train import train
 
     return train(load_config("phase1", {"data": "synthetic:64", "batch_size": 32, **settings}), experiment=experiment)
 
@@ -170,7 +170,7 @@ def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mi
 
     # The plain figures are the wrapped network's own, on the same split.
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
-    from fer.serving import load_network
+    from fer.serving.pyfunc import load_network
 
     wrapper = load_network(str(next(local.rglob("*.keras"))))
     plain = next(layer for layer in wrapper.layers if isinstance(layer, keras.Model))
@@ -188,7 +188,7 @@ def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_mode
     """calibration=temperature: T fitted on validation (param and metric), eval_* are the scaled probabilities'
     (unscaled beside them), the reliability diagram is logged, and the served model returns the scaled ones."""
     from fer import data as fer_data
-    from fer.calibration import apply_temperature, expected_calibration_error, fit_temperature, log_loss
+    from fer.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, log_loss
 
     run_id = train_phase1({"data": "synthetic:96", "epochs": 2, "calibration": "temperature"}, "calibration")
     run = in_process.get_run(run_id)
@@ -202,7 +202,7 @@ def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_mode
         assert image.format == "PNG" and image.width > 400
 
     # The logged model: the network (in it, untouched) followed by the fitted temperature.
-    from fer.serving import load_network
+    from fer.serving.pyfunc import load_network
 
     model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
     served = load_network(str(next(model_dir.rglob("*.keras"))))
@@ -232,7 +232,7 @@ def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_mode
     """logit_adjustment=fit after flip TTA: tau fitted on validation (param, metrics before/after), eval_* are
     the adjusted probabilities' (unadjusted beside them), and the served model returns the adjusted ones."""
     from fer import data as fer_data
-    from fer.logit_adjustment import adjust, class_prior, fit_tau
+    from fer.evaluation.logit_adjustment import adjust, class_prior, fit_tau
 
     run_id = train_phase1({"data": "synthetic:96", "epochs": 2, "tta": "flip", "logit_adjustment": "fit"},
                           "logit-adjustment")
@@ -250,7 +250,7 @@ def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_mode
         return images[..., np.newaxis].astype(np.float32)
 
     model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
-    from fer.serving import load_network
+    from fer.serving.pyfunc import load_network
 
     network = load_network(str(next(model_dir.rglob("*.keras"))))
     while inner := [layer for layer in network.layers if isinstance(layer, keras.Model)]:
@@ -269,7 +269,7 @@ def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_mode
 
 
 def test_a_refitted_temperature_on_resume_goes_to_a_tag_since_a_param_cannot_change(in_process):
-    from fer.train import TEMPERATURE_PARAM, _log_fitted_param
+    from fer.training.train import TEMPERATURE_PARAM, _log_fitted_param
 
     mlflow.set_experiment("refit")
     with mlflow.start_run() as run:

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from PIL import Image
 from conftest import ROOT, active_store, briefly_trained_baseline
 
-from fer import faces as fer_faces
-from fer import video
+from fer.serving import faces as fer_faces
+from fer.serving import video
 from fer.data.splits import EMOTIONS
 from fer.data.synthetic import faces_on_noise, make_faces
-from fer.predict import PredictError, VideoReader, predict_video
-from fer.video import FaceTracker, TrackedFace, csv_rows, ema_weight, iou, match_boxes, progress_text
+from fer.serving.predict import PredictError, VideoReader, predict_video
+from fer.serving.video import FaceTracker, TrackedFace, csv_rows, ema_weight, iou, match_boxes, progress_text
 
 FRAME_SIZE = (320, 240)  # width, height
 FPS = 10.0
@@ -176,7 +176,7 @@ def test_progress_text_with_and_without_a_known_total():
 
 def require_detector():
     if not fer_faces.face_detector_available():
-        pytest.fail("face detection is required here: OpenCV has no Haar cascade (see fer/faces.py)")
+        pytest.fail("face detection is required here: OpenCV has no Haar cascade (see fer/serving/faces.py)")
 
 
 def true_boxes(frame: int) -> list[tuple[int, int, int, int]]:
@@ -446,7 +446,7 @@ def network_rows(network, path, every: int = 1) -> dict[int, list[tuple[tuple, n
 @pytest.mark.slow
 def test_cli_predict_video_with_the_photo_model_writes_the_networks_probabilities(store, videos, tmp_path):
     require_detector()
-    from fer.photo_service import log_service_model
+    from fer.serving.photo_service import log_service_model
 
     folder, network = store
     keras_path = folder / "model.keras"
@@ -474,7 +474,7 @@ def test_cli_predict_video_with_the_photo_model_writes_the_networks_probabilitie
 @pytest.mark.slow
 def test_cli_predict_video_with_a_training_runs_model_smooths_over_time(store, videos):
     require_detector()
-    from fer.serving import log_emotion_model
+    from fer.serving.pyfunc import log_emotion_model
 
     _, network = store
     faces, _ = make_faces(1, seed=0)

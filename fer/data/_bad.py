@@ -1,4 +1,4 @@
-"""Shared by the file-based loaders: bad-item bookkeeping and CSV reading (images: `fer.images`).
+"""Shared by the file-based loaders: bad-item bookkeeping and CSV reading (images: `fer.data.images`).
 
 A loader makes one `BadItems` per load, reports every unusable image or row to
 it during the pass, and calls `raise_if_any()` at the end: with skip_bad=False
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fer.data.splits import BadItem, DataError
-from fer.images import ImageError
+from fer.data.images import ImageError
 
 # How many bad items a failing load lists before "... and N more".
 MAX_LISTED = 5

@@ -31,7 +31,7 @@ from fer.data._bad import (
     require_file,
     shown,
 )
-from fer.images import read_face
+from fer.data.images import read_face
 from fer.data.splits import IMAGE_SIZE, NUM_CLASSES, DataError, LabelMode, Split, Splits
 
 SOURCE = "ferplus"

@@ -2,7 +2,7 @@
 
 Images may be any size and colour mode (RGB, RGBA, palette, 16-bit, ...) in
 PNG, JPEG, BMP, GIF or WebP: each is converted to 8-bit grayscale and resized
-to 48x48 (see `fer.images.decode_face`). Class folder names are matched to
+to 48x48 (see `fer.data.images.decode_face`). Class folder names are matched to
 EMOTIONS case-insensitively, with the usual synonyms (`SYNONYMS`). Without a
 val/ folder, val is carved from train, stratified by class.
 
@@ -36,7 +36,7 @@ from fer.data._bad import (
     require_dir,
     shown,
 )
-from fer.images import read_face
+from fer.data.images import read_face
 from fer.data.splits import EMOTIONS, IMAGE_SIZE, DataError, LabelMode, Split, Splits
 
 SOURCE = "folders"

@@ -1,0 +1,775 @@
+"""A hyperparameter sweep: one parent MLflow run, one complete phase run per trial, Optuna choosing.
+
+Read top to bottom, `run_sweep` is the whole story of a sitting:
+
+1. the sweep file (`experiments/sweep.yaml`): the phase every trial starts from,
+   the settings every trial shares, the search space, the objective, the sampler,
+   the pruner and the budget; checked before TensorFlow loads;
+2. the Optuna study, in SQLite beside the tracking store (`optuna.db`), named after
+   the sweep: running the same sweep again continues it;
+3. the parent run, found again by its tags (`fer.sweep`, `fer.sweep_role=parent`);
+4. the trials: each one a `fer.training.train.train` run nested under the parent, as complete
+   as any `fer train` run; its validation metric goes to the pruner after every epoch,
+   and a trial the pruner stops ends KILLED with `fer.stopped_by=pruned`;
+5. after each trial, the best so far on the parent (metric, run id, params); at the
+   end of the sitting, the figures and the trials table.
+
+Optuna's own MLflow integration (`MLflowCallback` in optuna-integration) logs each
+trial as a run it creates after the trial; here a trial is a training run that
+`fer.training.train` creates and logs itself, so the glue is this module instead.
+
+Example:
+    spec = load_sweep("experiments/sweep.yaml", {"data": "synthetic:400", "epochs": 2}, trials=3)
+    result = run_sweep(spec)
+    print(result.best_run_id, result.best_value)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fer.config import EXPERIMENTS_DIR, ConfigError, TrainConfig, _read_yaml, flatten, load_config
+from fer.tracking import (
+    DEFAULT_EXPERIMENT,
+    RUN_KIND_SWEEP,
+    TAG_RUN_KIND,
+    TAG_SWEEP_TRIAL,
+    RunStopped,
+    configure_tracking,
+    experiment_in_use,
+)
+
+MISSING_OPTUNA = (
+    'fer sweep needs Optuna, an optional extra: pip install -e ".[sweep]" '
+    '(or pip install "optuna>=4,<6").'
+)
+try:
+    import optuna
+except ImportError as err:  # the rest of the project works without it
+    raise ModuleNotFoundError(MISSING_OPTUNA, name="optuna") from err
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking.context import registry as run_context
+
+DEFAULT_SWEEP = "sweep"  # experiments/sweep.yaml
+
+TAG_SWEEP = "fer.sweep"  # the sweep's name, on the parent and on every trial
+TAG_ROLE = "fer.sweep_role"  # parent | trial
+TAG_TRIAL = TAG_SWEEP_TRIAL  # the trial's number (0-based, as Optuna counts)
+TAG_TRIAL_STATE = "fer.sweep_trial_state"  # COMPLETE | PRUNED | FAIL
+TAG_BEST_RUN = "fer.sweep_best_run_id"
+TAG_BEST_TRIAL = "fer.sweep_best_trial"
+BEST_PARAM_TAG = "fer.sweep_best."  # + setting name: the best trial's value
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's run id, as a user attribute of the Optuna trial
+PARENT_ATTR = "mlflow_parent_run_id"  # the parent run's id, as a user attribute of the study
+
+# A name goes into an MLflow search filter and an Optuna study name: keep it plain.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SWEEP_KEYS = ("phase", "objective", "trials", "max_minutes", "sampler", "pruner", "settings", "space")
+PRUNERS = ("median", "threshold", "none")
+# Heartbeats let a later sitting fail the trials of a sitting that was killed outright (SIGKILL, power).
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or continue; the message says why and what to do."""
+
+
+class TrialPruned(optuna.TrialPruned, RunStopped):
+    """The pruner stopped this trial: Optuna records it PRUNED, the run ends KILLED with `fer.stopped_by=pruned`."""
+
+    reason = "pruned"
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the study optimizes: a run metric, the per-epoch metric the pruner watches, and the direction."""
+
+    metric: str
+    epoch_metric: str
+    direction: str  # maximize | minimize
+
+
+# Validation metrics only: a search that chose by the test split would report an optimistic test score.
+OBJECTIVES = {
+    "best_val_accuracy": Objective("best_val_accuracy", "val_accuracy", "maximize"),
+    "lowest_val_loss": Objective("lowest_val_loss", "val_loss", "minimize"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a list of choices, or a numeric range (integer when the setting is)."""
+
+    key: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    def suggest(self, trial: optuna.Trial):
+        """The trial's value for this setting, as Optuna's sampler picks it."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def describe(self) -> str:
+        """E.g. "log-uniform [0.0001, 0.01]", "one of [plateau, linear, cosine]"."""
+        if self.choices is not None:
+            return f"one of [{', '.join(map(str, self.choices))}]"
+        kind = ("log-" if self.log else "") + ("integer" if self.integer else "uniform")
+        return f"{kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep: what every trial shares, what it searches, how it chooses, and its budget."""
+
+    name: str
+    phase: str
+    objective: Objective
+    space: tuple[Dimension, ...]
+    settings: dict[str, Any]
+    trials: int  # in all, over every sitting
+    max_minutes: float  # per sitting; 0: no limit
+    sampler_seed: int = 42
+    n_startup_trials: int = 5
+    pruner: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "median"})
+    origin: str = "sweep file"
+
+    def recipe_params(self) -> dict[str, str]:
+        """What makes two sittings the same sweep, as MLflow params of the parent run (budgets excluded)."""
+        pruner = " ".join(f"{k}={v}" for k, v in sorted(self.pruner.items()) if k != "type")
+        params = {
+            "sweep.phase": self.phase,
+            "sweep.objective": f"{self.objective.direction} {self.objective.metric}",
+            "sweep.sampler": f"TPE seed={self.sampler_seed} n_startup_trials={self.n_startup_trials}",
+            "sweep.pruner": f"{self.pruner['type']} {pruner}".strip(),
+        }
+        params.update({f"sweep.settings.{key}": str(value) for key, value in sorted(self.settings.items())})
+        params.update({f"sweep.space.{d.key}": d.describe() for d in self.space})
+        return params
+
+    def trial_config(self, values: dict[str, Any], where: str, max_minutes: float | None = None) -> TrainConfig:
+        """The phase's configuration with the shared settings, then the trial's values (and a time cap) applied."""
+        overrides = {**self.settings, **values}
+        if max_minutes is not None:
+            overrides["max_minutes"] = max_minutes
+        return load_config(self.phase, overrides, where)
+
+
+def sweep_path(name_or_path: str | None = None) -> Path:
+    """The sweep file: a path, or a name looked up in ./experiments and then the project's experiments/.
+
+    >>> sweep_path().name
+    'sweep.yaml'
+    """
+    given = name_or_path or DEFAULT_SWEEP
+    path = Path(given)
+    if path.is_file():
+        return path
+    for folder in (Path.cwd() / "experiments", EXPERIMENTS_DIR):
+        if (folder / f"{given}.yaml").is_file():
+            return folder / f"{given}.yaml"
+    raise ConfigError(f"No sweep file at {given!r} (nor experiments/{given}.yaml); give a YAML file such as "
+                      f"{EXPERIMENTS_DIR / 'sweep.yaml'}.")
+
+
+def load_sweep(
+    name_or_path: str | None = None,
+    settings: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    trials: int | None = None,
+    max_minutes: float | None = None,
+) -> SweepSpec:
+    """Read and check a sweep file; `settings` (flat names, e.g. {"epochs": 3}) and the budget override it.
+
+    Every problem is a ConfigError naming the file and the entry at fault,
+    raised before any data, TensorFlow, run or study: each range end and each
+    choice is checked as the trial would be configured with it.
+
+    >>> spec = load_sweep("sweep", {"data": "synthetic:200", "epochs": 2}, trials=3)
+    >>> spec.trials, spec.objective.metric, spec.settings["epochs"]
+    (3, 'best_val_accuracy', 2)
+    """
+    path = sweep_path(name_or_path)
+    values = _read_yaml(path)
+    _only(values, SWEEP_KEYS, "top-level", path)
+    name = name or path.stem
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
+                          "starting with a letter or digit.")
+
+    objective_name = values.get("objective", "best_val_accuracy")
+    if objective_name not in OBJECTIVES:
+        raise ConfigError(f"{path}: objective must be one of {', '.join(OBJECTIVES)} (validation metrics: the "
+                          f"test split stays unseen by the search); got {objective_name!r}.")
+    budget_trials = _whole(trials if trials is not None else values.get("trials", 20), "trials", path, minimum=1)
+    budget_minutes = max_minutes if max_minutes is not None else values.get("max_minutes", 0)
+    if not isinstance(budget_minutes, (int, float)) or isinstance(budget_minutes, bool) or not (
+            math.isfinite(budget_minutes) and budget_minutes >= 0):
+        raise ConfigError(f"{path}: max_minutes must be 0 (no limit) or a positive number; got {budget_minutes!r}.")
+
+    shared = {**flatten(_section(values, "settings", path)), **(settings or {})}
+    phase = str(values.get("phase", "phase2"))
+    where = f"settings in {path}" if not settings else f"settings in {path} or the command line"
+    # The shared settings alone must make a valid configuration; kept as typed values ("1e-4" and 0.0001 are one).
+    resolved = load_config(phase, shared, where).to_params()
+    shared = {key: resolved[key] for key in shared}
+    space = _space(_section(values, "space", path), phase, shared, path)
+    sampler = _section(values, "sampler", path)
+    _only(sampler, ("seed", "n_startup_trials"), "sampler", path)
+    pruner = {"type": "median", **_section(values, "pruner", path)}
+    _check_pruner(pruner, path)
+    return SweepSpec(
+        name=name,
+        phase=phase,
+        objective=OBJECTIVES[objective_name],
+        space=space,
+        settings=shared,
+        trials=budget_trials,
+        max_minutes=float(budget_minutes),
+        sampler_seed=_whole(sampler.get("seed", 42), "sampler.seed", path),
+        n_startup_trials=_whole(sampler.get("n_startup_trials", 5), "sampler.n_startup_trials", path),
+        pruner=pruner,
+        origin=str(path),
+    )
+
+
+def _section(values: dict, key: str, path: Path) -> dict:
+    section = values.get(key) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {key} must be a mapping (`name: value` lines indented under it); "
+                          f"got {section!r:.80}.")
+    return section
+
+
+def _only(section: dict, allowed: tuple, what: str, path: Path) -> None:
+    unknown = sorted(set(map(str, section)) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{path}: unknown {what} entries {unknown}; allowed: {', '.join(allowed)}.")
+
+
+def _whole(value, what: str, path: Path, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{path}: {what} must be a whole number of at least {minimum}; got {value!r}.")
+    return value
+
+
+def _check_pruner(pruner: dict, path: Path) -> None:
+    kind = pruner["type"]
+    allowed = {
+        "median": ("type", "n_startup_trials", "n_warmup_steps"),
+        "threshold": ("type", "lower", "upper", "n_warmup_steps"),
+        "none": ("type",),
+    }
+    if kind not in allowed:
+        raise ConfigError(f"{path}: pruner.type must be one of {', '.join(PRUNERS)}; got {kind!r}.")
+    _only(pruner, allowed[kind], f"pruner ({kind})", path)
+    for key in ("n_startup_trials", "n_warmup_steps"):
+        if key in pruner:
+            _whole(pruner[key], f"pruner.{key}", path)
+    if kind == "threshold" and "lower" not in pruner and "upper" not in pruner:
+        raise ConfigError(f"{path}: a threshold pruner needs lower or upper (the per-epoch bounds of the "
+                          "objective's validation metric).")
+
+
+def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension, ...]:
+    """Each entry checked against the settings a phase has, and each end or choice tried in a configuration."""
+    if not space:
+        raise ConfigError(f"{path}: space is empty; name at least one setting to search, e.g. "
+                          "`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`.")
+    defaults = TrainConfig().to_params()
+    dimensions = []
+    for key, spec in flatten(space, is_value=_is_entry).items():
+        entry = f"space.{key} in {path}"
+        if key not in defaults:
+            raise ConfigError(f"{entry}: {key!r} is not a setting; settings are {sorted(defaults)}.")
+        if key in shared:
+            raise ConfigError(f"{entry}: {key} is both searched and fixed (settings or the command line); "
+                              "keep one.")
+        dimension = _dimension(key, spec, type(defaults[key]), entry)
+        tried = dimension.choices if dimension.choices is not None else (dimension.low, dimension.high)
+        for value in tried:
+            load_config(phase, {**shared, key: value}, entry)
+        dimensions.append(dimension)
+    return tuple(dimensions)
+
+
+def _is_entry(mapping: dict) -> bool:
+    """A search-space entry is a mapping with choices or low/high; any other mapping is a section (augmentation:)."""
+    return bool({"choices", "low", "high"} & set(mapping))
+
+
+def _dimension(key: str, spec, kind: type, entry: str) -> Dimension:
+    example = "{choices: [a, b]} or {low: 0.0, high: 1.0} (optionally log: true, step: ...)"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{entry}: expected {example}; got {spec!r:.80}.")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{entry}: choices must be a non-empty list, alone; got {spec!r:.80}.")
+        return Dimension(key, choices=tuple(choices))
+    if kind in (str, bool):
+        raise ConfigError(f"{entry}: {key} is a {kind.__name__} setting: search it with choices: [...].")
+    unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{entry}: expected {example}; got {spec!r:.80}.")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    numbers = [v for v in (low, high, step) if v is not None]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers) or not isinstance(log, bool):
+        raise ConfigError(f"{entry}: low, high and step must be numbers and log true or false; got {spec!r:.80}.")
+    if not low < high:
+        raise ConfigError(f"{entry}: low must be below high; got low {low!r}, high {high!r}.")
+    if log and (low <= 0 or step is not None):
+        raise ConfigError(f"{entry}: a log range needs low above 0 and no step; got {spec!r:.80}.")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{entry}: step must be positive; got {step!r}.")
+    integer = kind is int
+    if integer and any(float(v) != int(v) for v in numbers):
+        raise ConfigError(f"{entry}: {key} is a whole-number setting: low, high and step must be whole; "
+                          f"got {spec!r:.80}.")
+    return Dimension(key, low=low, high=high, log=log, step=step, integer=integer)
+
+
+# 2. The study ------------------------------------------------------------------------------------------------------
+
+
+def default_storage(tracking_uri: str) -> str:
+    """Optuna's SQLite file beside a SQLite tracking store (optuna.db), else in the working folder.
+
+    Its own file: Optuna and MLflow both keep an `alembic_version` table, so they cannot share a database.
+
+    >>> default_storage("sqlite:////data/runs/mlflow.db")
+    'sqlite:////data/runs/optuna.db'
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri[len("sqlite:///"):].split("?")[0])
+        return f"sqlite:///{database.with_name('optuna.db')}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
+    """The sweep's study in `storage`: created the first time, continued after.
+
+    The sampler's seed moves on with the trials already there, so a continued
+    sweep does not draw its first sitting's random start-up trials again.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    study = optuna.create_study(
+        study_name=spec.name, storage=rdb, direction=spec.objective.direction, load_if_exists=True
+    )
+    if study.direction.name.lower() != spec.objective.direction:
+        raise SweepError(f"Study {spec.name!r} in {storage} {study.direction.name.lower()}s its objective, this "
+                         f"sweep file {spec.objective.direction}s {spec.objective.metric}; give it another --name.")
+    study.sampler = optuna.samplers.TPESampler(
+        seed=spec.sampler_seed + len(study.trials), n_startup_trials=spec.n_startup_trials
+    )
+    study.pruner = _pruner(spec.pruner)
+    return study
+
+
+def _pruner(pruner: dict) -> optuna.pruners.BasePruner:
+    options = {k: v for k, v in pruner.items() if k != "type"}
+    if pruner["type"] == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if pruner["type"] == "threshold":
+        return optuna.pruners.ThresholdPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count against the budget: complete and pruned ones (failed ones are retried)."""
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return study.get_trials(deepcopy=False, states=counted)
+
+
+# 3. The parent run -------------------------------------------------------------------------------------------------
+
+
+def find_parent(client: MlflowClient, experiment_id: str, name: str):
+    """The sweep's parent run in the experiment, or None (the oldest, should there be several)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP}` = '{name}' and tags.`{TAG_ROLE}` = 'parent'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def check_pairing(study: optuna.Study, parent, storage: str, name: str) -> None:
+    """The study and the parent run belong together, or neither exists yet; else SweepError before anything runs.
+
+    A study is stamped with its parent run's id when the sweep starts. A parent
+    found without its study (another --storage, a deleted optuna.db) or a study
+    whose parent is not in this experiment would mix two sweeps' trials.
+    """
+    owner = study.user_attrs.get(PARENT_ATTR)
+    found = parent.info.run_id if parent else None
+    if owner == found:
+        return
+    if owner is None and not study.trials and not _has_trial_runs(parent):
+        return  # a first sitting stopped between creating the parent and stamping the study
+    if owner is None:
+        raise SweepError(f"Sweep {name!r} has a parent run ({found}) but its study is not in {storage} (the parent's "
+                         f"tag fer.sweep_storage says where it was). Pass that --storage, or start a new sweep with "
+                         "--name.")
+    raise SweepError(f"The study {name!r} in {storage} belongs to parent run {owner}, which is not a sweep run of "
+                     "this experiment. Use the experiment it was started in (--experiment), or another --name.")
+
+
+def _has_trial_runs(parent) -> bool:
+    runs = MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1
+    )
+    return bool(runs)
+
+
+def open_parent(client: MlflowClient, experiment_id: str, spec: SweepSpec, storage: str, existing=None) -> str:
+    """The parent run's id: `existing` (the sweep's, from `find_parent`), else `mlflow run`'s run, else a new one.
+
+    MLFLOW_RUN_ID is taken out of the environment here: the trials' runs must be new
+    runs under the parent, and `mlflow.start_run` would otherwise reopen `mlflow run`'s.
+    """
+    shell = os.environ.pop("MLFLOW_RUN_ID", None)
+    if existing:
+        parent_id = existing.info.run_id
+        _check_same_recipe(existing.data.params, spec)
+        client.update_run(parent_id, status="RUNNING")
+        if shell and shell != parent_id:
+            client.set_tag(shell, "mlflow.note.content",
+                           f"This run only continued sweep `{spec.name}`; its trials are under run {parent_id}.")
+            client.set_tag(shell, "fer.continued_sweep_run_id", parent_id)
+            client.set_tag(shell, TAG_RUN_KIND, RUN_KIND_SWEEP)
+        print(f"Continuing sweep {spec.name!r}: parent run {parent_id}.")
+    else:
+        tags = {TAG_SWEEP: spec.name, TAG_ROLE: "parent", TAG_RUN_KIND: RUN_KIND_SWEEP,
+                "mlflow.runName": f"sweep-{spec.name}"}
+        if shell:
+            parent_id = shell
+            client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        else:
+            # With the context `mlflow.start_run` records (user, source, git commit), as the trials have.
+            parent_id = client.create_run(experiment_id, run_name=f"sweep-{spec.name}",
+                                          tags=run_context.resolve_tags(tags)).info.run_id
+        client.log_batch(parent_id, params=[Param(k, v[:6000]) for k, v in spec.recipe_params().items()])
+        print(f"Sweep {spec.name!r}: parent run {parent_id}.")
+    sittings = int(client.get_run(parent_id).data.tags.get("fer.sweep_sittings", "0")) + 1
+    for key, value in {
+        "fer.sweep_sittings": str(sittings),
+        "fer.sweep_trials": str(spec.trials),
+        f"fer.sweep_sitting_{sittings}.max_minutes": f"{spec.max_minutes:g}",
+        "fer.sweep_storage": _without_password(storage),
+        "fer.sweep_file": spec.origin,
+    }.items():
+        client.set_tag(parent_id, key, value)
+    return parent_id
+
+
+def _check_same_recipe(logged: dict[str, str], spec: SweepSpec) -> None:
+    """A continued sweep must search the same space the same way; the budget may change."""
+    wanted = {k: v[:6000] for k, v in spec.recipe_params().items()}
+    differs = sorted(k for k in set(logged) | set(wanted) if k.startswith("sweep.") and logged.get(k) != wanted.get(k))
+    if differs:
+        shown = "; ".join(f"{k}: was {logged.get(k)!r}, now {wanted.get(k)!r}" for k in differs[:5])
+        raise SweepError(f"Sweep {spec.name!r} was started with another recipe ({shown}). Continue it with the "
+                         "same file and settings (only trials and max_minutes may change), or start a new sweep "
+                         "with --name.")
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+# 4-5. The sitting --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """What a sitting leaves: the parent run, the trial counts, and the best trial so far (if any completed)."""
+
+    parent_run_id: str
+    study_name: str
+    storage: str
+    complete: int
+    pruned: int
+    failed: int
+    best_run_id: str | None
+    best_value: float | None
+    best_params: dict[str, Any]
+
+    def to_text(self, metric: str) -> str:
+        counts = f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed"
+        if self.best_run_id is None:
+            return f"Sweep {self.study_name}: {counts}; no complete trial yet. Parent run {self.parent_run_id}."
+        params = ", ".join(f"{k}={_short(v)}" for k, v in self.best_params.items())
+        return (f"Sweep {self.study_name}: {counts}. Best: run {self.best_run_id}, {metric} {self.best_value:.4f} "
+                f"({params}).\nParent run {self.parent_run_id}. Promote the winner with: "
+                f"fer promote --run-id {self.best_run_id}")
+
+
+def run_sweep(
+    spec: SweepSpec, *, experiment: str | None = None, storage: str | None = None, use_cache: bool = True
+) -> SweepResult:
+    """Run (or continue) the sweep until `spec.trials` trials are complete or pruned, or `spec.max_minutes` pass.
+
+    No trial starts once the sitting's minutes are spent, and the trial in
+    progress gets the time left as its `max_minutes` (it then stops after the
+    last epoch that fits, and is evaluated like any time-limited run). Ctrl-C
+    ends the trial's run KILLED and the parent KILLED; running the same sweep
+    again continues it. A trial whose sampled settings make an invalid
+    configuration is failed and the sweep goes on; any other error stops it.
+
+    Example:
+        result = run_sweep(load_sweep("sweep", {"data": "synthetic:400", "epochs": 2}, trials=3))
+    """
+    experiment = experiment or DEFAULT_EXPERIMENT
+    configure_tracking(experiment)
+    client = MlflowClient()
+    experiment_name = experiment_in_use(client, experiment)  # inside `mlflow run`: its run's experiment
+    experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+    storage = storage or default_storage(mlflow.get_tracking_uri())
+    study = open_study(spec, storage)
+    existing = find_parent(client, experiment_id, spec.name)
+    check_pairing(study, existing, storage, spec.name)
+    parent_id = open_parent(client, experiment_id, spec, storage, existing)
+    study.set_user_attr(PARENT_ATTR, parent_id)
+
+    remaining = spec.trials - len(finished_trials(study))
+    status = "FINISHED"
+    try:
+        if remaining > 0:
+            deadline = time.monotonic() + 60 * spec.max_minutes if spec.max_minutes else None
+            objective = _objective(spec, parent_id, experiment_name, use_cache, client, deadline)
+            record = _record_trial(spec, parent_id, client)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=60 * spec.max_minutes if spec.max_minutes else None,
+                    catch=(ConfigError,),
+                    callbacks=[record, optuna.study.MaxTrialsCallback(
+                        spec.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
+                    gc_after_trial=True,
+                )
+        else:
+            print(f"Sweep {spec.name!r} already has its {spec.trials} trials; raise --trials to run more.")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print(f"\nSweep {spec.name!r} interrupted; run the same command again to continue it.")
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        result = _log_summary(client, parent_id, study, spec, storage)
+        client.set_terminated(parent_id, status)
+    print(result.to_text(spec.objective.metric))
+    return result
+
+
+def _objective(spec: SweepSpec, parent_id: str, experiment: str, use_cache: bool, client: MlflowClient,
+               deadline: float | None):
+    """Optuna's objective: one trial is one `fer.training.train.train` run under the parent; returns its objective metric."""
+    import keras  # TensorFlow loads once the sweep is known good
+
+    from fer.training.callbacks import ReportEachEpoch
+    from fer.training.train import train
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {d.key: d.suggest(trial) for d in spec.space}
+        cap = _minutes_left(deadline, spec.settings.get("max_minutes"))
+        config = spec.trial_config(values, f"sweep {spec.name}, trial {trial.number}", cap)
+        keras.utils.clear_session()  # each trial builds a new network; drop the last one's graph
+        run_id = train(
+            config,
+            experiment=experiment,
+            use_cache=use_cache,
+            callbacks=[ReportEachEpoch(spec.objective.epoch_metric, _pruning(trial, spec.objective))],
+            parent_run_id=parent_id,
+            run_name=f"{spec.name}-trial-{trial.number}",
+            tags={TAG_SWEEP: spec.name, TAG_ROLE: "trial", TAG_TRIAL: str(trial.number)},
+        )
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        metrics = client.get_run(run_id).data.metrics
+        if spec.objective.metric not in metrics:
+            raise SweepError(f"Run {run_id} has no metric {spec.objective.metric!r}; it has {sorted(metrics)}.")
+        return metrics[spec.objective.metric]
+
+    return objective
+
+
+def _minutes_left(deadline: float | None, setting) -> float | None:
+    """The trial's time cap: the sitting's minutes left, or the trial's own max_minutes if that is shorter."""
+    if deadline is None:
+        return None
+    left = max((deadline - time.monotonic()) / 60, 0.01)
+    own = float(setting or 0)
+    return min(left, own) if own else left
+
+
+def _pruning(trial: optuna.Trial, objective: Objective):
+    """The per-epoch report: hand the validation metric to the trial, and stop the run if the pruner says so."""
+
+    def report(epoch: int, value: float) -> TrialPruned | None:
+        if epoch == 1:  # the run exists now: a pruned trial keeps its run id too
+            trial.set_user_attr(RUN_ID_ATTR, mlflow.active_run().info.run_id)
+        trial.report(value, step=epoch)
+        if trial.should_prune():
+            return TrialPruned(f"trial {trial.number} pruned: {objective.epoch_metric} {value:.4f} after epoch {epoch}")
+        return None
+
+    return report
+
+
+def _record_trial(spec: SweepSpec, parent_id: str, client: MlflowClient):
+    """After each trial: its state on its run, the best trial so far and the counts on the parent."""
+
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ID_ATTR) or _trial_run(client, parent_id, trial.number)
+        if run_id:
+            client.set_tag(run_id, TAG_TRIAL_STATE, trial.state.name)
+        _log_best(client, parent_id, study, spec)
+
+    return record
+
+
+def _trial_run(client: MlflowClient, parent_id: str, number: int) -> str | None:
+    """The run of a trial that failed before its first epoch ended (if it got as far as a run)."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{TAG_TRIAL}` = '{number}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _log_best(client: MlflowClient, parent_id: str, study: optuna.Study, spec: SweepSpec,
+              log_metrics: bool = True) -> SweepResult:
+    """The counts and the best complete trial, as the parent's metrics (a step per finished trial) and tags."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {name: states.count(getattr(optuna.trial.TrialState, name.upper()))
+              for name in ("complete", "pruned", "fail")}
+    step = counts["complete"] + counts["pruned"]
+    metrics = {"trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
+               "trials_failed": counts["fail"]}
+    best_run_id, best_value, best_params = None, None, {}
+    if counts["complete"]:
+        best = study.best_trial
+        best_run_id, best_value, best_params = best.user_attrs.get(RUN_ID_ATTR), best.value, dict(best.params)
+        metrics[spec.objective.metric] = best_value
+        tags = {TAG_BEST_RUN: str(best_run_id), TAG_BEST_TRIAL: str(best.number)}
+        tags.update({f"{BEST_PARAM_TAG}{key}": str(value) for key, value in best_params.items()})
+        for key, value in tags.items():
+            client.set_tag(parent_id, key, value)
+        client.log_dict(parent_id, {"trial": best.number, "run_id": best_run_id, "metric": spec.objective.metric,
+                                    "value": best_value, "params": best_params}, "best_trial.json")
+    timestamp = int(time.time() * 1000)
+    if log_metrics:
+        client.log_batch(parent_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+    return SweepResult(parent_id, spec.name, "", counts["complete"], counts["pruned"], counts["fail"],
+                       best_run_id, best_value, best_params)
+
+
+def _log_summary(client: MlflowClient, parent_id: str, study: optuna.Study, spec: SweepSpec,
+                 storage: str) -> SweepResult:
+    """End of a sitting: the best trial, the trials table, the figures and a note on the parent."""
+    # The metrics went to the parent after each trial; tags and best_trial.json are refreshed.
+    result = dataclasses.replace(_log_best(client, parent_id, study, spec, log_metrics=False), storage=storage)
+    # A trial interrupted by Ctrl-C never reached the after-trial record: Optuna has it FAIL, so does its run.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if run_id := trial.user_attrs.get(RUN_ID_ATTR) or _trial_run(client, parent_id, trial.number):
+            client.set_tag(run_id, TAG_TRIAL_STATE, "FAIL")
+    trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
+    if len(trials):
+        client.log_text(parent_id, trials.to_csv(index=False), "trials.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in plot_study(study, spec.objective.metric, Path(tmp)):
+            client.log_artifact(parent_id, str(path), artifact_path="plots")
+    client.set_tag(parent_id, "mlflow.note.content", result.to_text(spec.objective.metric))
+    return result
+
+
+def plot_study(study: optuna.Study, target_name: str, folder: Path) -> list[Path]:
+    """Optuna's figures of the study, drawn with matplotlib, as PNG files in `folder`.
+
+    `optimization_history.png` (every trial's value and the best so far), once a
+    trial is complete `parallel_coordinate.png` (each trial a line through its
+    settings, coloured by its value), and from two complete trials
+    `param_importances.png` (Optuna's default evaluator, PED-ANOVA in Optuna 5: how much each
+    setting tells the better trials from the rest). Figures are widened to their number of settings.
+
+    Example:
+        plot_study(optuna.load_study(study_name="sweep", storage="sqlite:///optuna.db"), "value", Path("."))
+    """
+    from matplotlib import pyplot
+    from optuna.visualization import matplotlib as optuna_plots
+
+    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    settings = len({key for trial in study.get_trials(deepcopy=False) for key in trial.params})
+    figures = {"optimization_history.png": optuna_plots.plot_optimization_history}
+    if complete >= 1:
+        figures["parallel_coordinate.png"] = optuna_plots.plot_parallel_coordinate
+    if complete >= 2:
+        figures["param_importances.png"] = optuna_plots.plot_param_importances
+    written = []
+    for name, plot in figures.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = plot(study, target_name=target_name)
+            except (ValueError, RuntimeError) as err:  # e.g. importances when every trial scored the same
+                print(f"No {name}: {err}")
+                continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(*_figure_size(name, settings))
+        figure.savefig(folder / name, dpi=110, bbox_inches="tight")
+        pyplot.close(figure)
+        written.append(folder / name)
+    return written
+
+
+def _figure_size(name: str, settings: int) -> tuple[float, float]:
+    """Optuna's default size crowds a parallel-coordinate plot of eight settings into 6 inches."""
+    if name == "parallel_coordinate.png":
+        return max(8.0, 1.6 * (settings + 1)), 6.0
+    if name == "param_importances.png":
+        return 8.0, max(3.0, 0.5 * settings + 1.5)
+    return 8.0, 5.0
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def best_trial_info(client: MlflowClient, parent_run_id: str) -> dict:
+    """The parent's record of the best trial (`best_trial.json`): trial, run_id, metric, value, params.
+
+    Example:
+        best = best_trial_info(MlflowClient(), parent_run_id)
+        mlflow.pyfunc.load_model(f"runs:/{best['run_id']}/model")
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent_run_id, "best_trial.json", tmp)
+        return json.loads(Path(path).read_text())
