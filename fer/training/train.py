@@ -9,9 +9,6 @@ Read top to bottom, `train` is the whole story of a run:
    model summary), with the learning rate recorded every epoch, a checkpoint
    after every epoch (see `training_callbacks` for the callbacks and their order);
 5. reports: history (JSON and pickle), history plots, best-performance text;
-6. model: logged with a signature and an input example, ready for the registry;
-7. evaluation: test split (validation where there is none): accuracy,
-   macro-F1, per-class metrics, confusion matrix, classification report,
 6. model: logged with a signature and an input example, ready for the registry
    (mirror-averaged when `tta: flip`, prior-adjusted with the tau fitted on
    validation when `logit_adjustment: fit`, temperature-scaled with the
@@ -36,6 +33,7 @@ above; the other workers train in step with it and never touch MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -153,22 +151,12 @@ def train(
     # autologging's model has no input example, and its dataset logging would
     # iterate the augmented tf.data pipeline instead of the source arrays.
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
-    run_name = None if resume else (run_name or _run_name(config))
-    nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id and not resume else {}
-    run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
-                                   run_id=resume, run_name=run_name, tags=None if resume else tags, **nested)
-    with run:
+    start = _RunStart(resume, resumed, parent_run_id, run_name, tags)
+    with _tracked_run(client, config, prepared, start) as run:
         run_id = run.info.run_id
-        if resume:
-            _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
-        else:
-            _log_run_header(config, prepared, run_name)
-
         directory = checkpoint_dir(run_id)
-        run_callbacks = [*(callbacks or []), *training_callbacks(config, prepared.steps_per_epoch, directory, resumed)]
-        # Autologging appends its logger to this very list when fit starts; this finds it there.
-        run_callbacks.append(SkipAutologValidationEcho(run_callbacks))
-        history = next(c for c in run_callbacks if isinstance(c, RunCheckpoint)).history
+        run_callbacks = training_callbacks(config, prepared.steps_per_epoch, directory, resumed, extra=callbacks)
+        history = _checkpoint_callback(run_callbacks).history
         if resumed and (filled := fill_metric_gaps(client, run_id, history)):
             print(f"Logged {filled} metric values that the interrupted sitting had not flushed.")
         started = time.monotonic()
@@ -217,6 +205,113 @@ def train(
     return run_id
 
 
+# ---------------------------------------------------------------------------
+# The run: a new one, or a killed one resumed
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunStart:
+    """How `train` was asked to start its MLflow run: resume an old one, or a new one named, nested and tagged so."""
+
+    resume: str | None = None  # the run id to continue
+    resumed: SavedCheckpoint | None = None  # its checkpoint, if one was usable
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def _tracked_run(client: MlflowClient, config: TrainConfig, prepared: "Prepared", start: _RunStart):
+    """The active MLflow run for this sitting, system metrics sampled: the resumed run with this sitting noted,
+    or a new one with its tags, configuration and data logged. Ends it (FAILED on an error) on exit."""
+    if start.resume:
+        run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
+                                       run_id=start.resume)
+        with run:
+            first_epoch = start.resumed.epoch + 1 if start.resumed else 1
+            _note_resume(client, start.resume, config.max_minutes, first_epoch)
+            yield run
+        return
+    run_name = start.run_name or _run_name(config)
+    nested = {"parent_run_id": start.parent_run_id, "nested": True} if start.parent_run_id else {}
+    run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
+                                   run_name=run_name, tags=start.tags, **nested)
+    with run:
+        _log_run_header(config, prepared, run_name)
+        yield run
+
+
+def _run_name(config: TrainConfig) -> str:
+    return f"{config.phase}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _log_run_header(config: TrainConfig, prepared: Prepared, run_name: str) -> None:
+    """Tags, configuration and data of a new run."""
+    splits, model = prepared.splits, prepared.model
+    mlflow.set_tags(
+        {
+            TAG_PHASE: config.phase,
+            TAG_RUN_KIND: RUN_KIND_TRAINING,
+            TAG_MODEL: config.model,
+            TAG_DATA_SOURCE: splits.source,
+            TAG_LABEL_MODE: splits.label_mode.value,
+            TAG_EVAL_SPLIT: splits.eval_split_name,
+            "mlflow.runName": run_name,  # also inside `mlflow run`, which names runs itself
+        }
+    )
+    # Prefixed: `mlflow run` logs its raw -P values and autologging logs
+    # fit()'s arguments under the bare names; ours are the resolved values.
+    mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
+    mlflow.log_param("model.dropout_rates", _dropout_rates(model))
+    mlflow.log_param("model.parameters", model.count_params())
+    mlflow.log_params(acceleration.params(model))
+    mlflow.log_params(distribute.params(prepared.strategy, config.batch_size))
+    _log_data(splits)
+
+
+def _dropout_rates(model: keras.Model) -> str:
+    """The network's dropout rates in order, e.g. "0.2,0.3,0.4,0.5" (a regularizer diagnostics cite)."""
+    return ",".join(str(layer.rate) for layer in model.layers if isinstance(layer, keras.layers.Dropout))
+
+
+def _log_data(splits: Splits) -> None:
+    """Each split as an MLflow dataset input (with a content digest), plus any drop counts."""
+    source = splits.location if splits.source != "synthetic" else CodeDatasetSource(tags={"generator": splits.location})
+    contexts = {"train": "training", "val": "validation", "test": "testing"}
+    for name, split in splits.items():
+        dataset = mlflow.data.from_numpy(
+            features=split.images,
+            targets=split.labels,
+            source=source,
+            name=f"{splits.source}-{name}",
+        )
+        mlflow.log_input(dataset, context=contexts[name])
+        mlflow.log_param(f"data.{name}_size", len(split))
+    for name, count in splits.dropped.items():
+        mlflow.log_param(f"data.{name}_dropped", count)
+    mlflow.log_metric("data_bad_items", len(splits.bad))
+    if splits.bad:
+        mlflow.log_text("\n".join(str(item) for item in splits.bad), "data/bad_items.txt")
+
+
+def _note_resume(client: MlflowClient, run_id: str, max_minutes: float, first_epoch: int) -> None:
+    """Count the sittings, note where this one starts and its time budget; label `mlflow run`'s empty run, if any.
+
+    The first epoch matters to diagnostics: EarlyStopping's best weights are not
+    in the checkpoint, so restore_best_weights only covers the last sitting.
+    """
+    sittings = int(client.get_run(run_id).data.tags.get("fer.sittings", "1")) + 1
+    mlflow.set_tag("fer.sittings", str(sittings))
+    mlflow.set_tag(f"fer.sitting_{sittings}.first_epoch", str(first_epoch))
+    if max_minutes:
+        mlflow.set_tag(f"fer.sitting_{sittings}.max_minutes", f"{max_minutes:g}")
+    shell = os.environ.get("MLFLOW_RUN_ID")
+    if shell and shell != run_id:
+        client.set_tag(shell, "fer.resumed_run_id", run_id)
+        client.set_tag(shell, TAG_RUN_KIND, RUN_KIND_RESUME)  # not a training: kept out of the training filter
+        client.set_tag(shell, "mlflow.note.content", f"This run only resumed run {run_id}; its results are there.")
+
+
 def _resume(client: MlflowClient, run_id: str, config: TrainConfig) -> tuple[TrainConfig, SavedCheckpoint | None]:
     """The run's own configuration (with this sitting's time budget, if given) and the checkpoint to start from."""
     resumed = resumable_checkpoint(client, run_id)
@@ -228,6 +323,10 @@ def _resume(client: MlflowClient, run_id: str, config: TrainConfig) -> tuple[Tra
     print(f"Resuming run {run_id} after epoch {done}, with its original configuration"
           + (f" and a budget of {sitting_budget:g} minutes for this sitting." if sitting_budget else "."))
     return config, resumed
+
+
+# ---------------------------------------------------------------------------
+# Steps 1-3: data, pipeline, model
 
 
 @dataclasses.dataclass
@@ -271,36 +370,14 @@ def prepare(config: TrainConfig, use_cache: bool = True, resumed: SavedCheckpoin
     return Prepared(strategy, splits, batch_size, train_ds, val_ds, steps, model)
 
 
-def _fit(prepared: Prepared, config: TrainConfig, callbacks: list, initial_epoch: int = 0):
-    # One endless training dataset with steps_per_epoch on one machine (see training_datasets).
-    repeated = distribute.worker_count() == 1
-    return prepared.model.fit(
-        prepared.train_ds,
-        validation_data=prepared.val_ds,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=prepared.steps_per_epoch if repeated else None,
-        # Ignored by Keras for a tf.data input (already batched), but lets
-        # autologging record the batch size (per replica) rather than None.
-        batch_size=config.batch_size,
-        shuffle=False,  # the pipeline shuffles
-        callbacks=callbacks,
-        class_weight=_class_weights(config, prepared.splits.train),
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-
-
-def _train_worker(config: TrainConfig, use_cache: bool) -> None:
-    """A non-chief worker: the chief's data, model and fit, in lock-step with it, and no MLflow at all.
-
-    Its checkpoints go to a temporary folder of its own (the chief's are the
-    run's): every worker writes them, as TensorFlow's multi-worker guide asks,
-    but only the chief's are kept.
-    """
-    prepared = prepare(config, use_cache)
-    with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
-        _fit(prepared, config, training_callbacks(config, prepared.steps_per_epoch, Path(tmp)))
-    print(f"Worker {distribute.task_name()} done; the chief logged the run.")
+def _print_data_summary(splits: Splits) -> None:
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    print(f"Data: {splits.source} ({splits.location}), {splits.label_mode.value} labels: {sizes}")
+    for name, count in splits.dropped.items():
+        if count:
+            print(f"  {name}: {count} images dropped by the {splits.label_mode.value} label rule")
+    if splits.bad:
+        print(f"  {len(splits.bad)} bad images or rows skipped (skip_bad); first: {splits.bad[0]}")
 
 
 def training_datasets(splits: Splits, config: TrainConfig, batch_size: int):
@@ -334,86 +411,6 @@ def compile_model(config: TrainConfig) -> keras.Model:
     return model
 
 
-def _log_run_header(config: TrainConfig, prepared: Prepared, run_name: str) -> None:
-    """Tags, configuration and data of a new run."""
-    splits, model = prepared.splits, prepared.model
-    mlflow.set_tags(
-        {
-            TAG_PHASE: config.phase,
-            TAG_RUN_KIND: RUN_KIND_TRAINING,
-            TAG_MODEL: config.model,
-            TAG_DATA_SOURCE: splits.source,
-            TAG_LABEL_MODE: splits.label_mode.value,
-            TAG_EVAL_SPLIT: splits.eval_split_name,
-            "mlflow.runName": run_name,  # also inside `mlflow run`, which names runs itself
-        }
-    )
-    # Prefixed: `mlflow run` logs its raw -P values and autologging logs
-    # fit()'s arguments under the bare names; ours are the resolved values.
-    mlflow.log_params({f"config.{key}": value for key, value in config.to_params().items()})
-    mlflow.log_param("model.dropout_rates", _dropout_rates(model))
-    mlflow.log_param("model.parameters", model.count_params())
-    mlflow.log_params(acceleration.params(model))
-    mlflow.log_params(distribute.params(prepared.strategy, config.batch_size))
-    _log_data(splits)
-
-
-def _note_resume(client: MlflowClient, run_id: str, max_minutes: float, first_epoch: int) -> None:
-    """Count the sittings, note where this one starts and its time budget; label `mlflow run`'s empty run, if any.
-
-    The first epoch matters to diagnostics: EarlyStopping's best weights are not
-    in the checkpoint, so restore_best_weights only covers the last sitting.
-    """
-    sittings = int(client.get_run(run_id).data.tags.get("fer.sittings", "1")) + 1
-    mlflow.set_tag("fer.sittings", str(sittings))
-    mlflow.set_tag(f"fer.sitting_{sittings}.first_epoch", str(first_epoch))
-    if max_minutes:
-        mlflow.set_tag(f"fer.sitting_{sittings}.max_minutes", f"{max_minutes:g}")
-    shell = os.environ.get("MLFLOW_RUN_ID")
-    if shell and shell != run_id:
-        client.set_tag(shell, "fer.resumed_run_id", run_id)
-        client.set_tag(shell, TAG_RUN_KIND, RUN_KIND_RESUME)  # not a training: kept out of the training filter
-        client.set_tag(shell, "mlflow.note.content", f"This run only resumed run {run_id}; its results are there.")
-
-
-def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, directory: Path, run_id: str) -> None:
-    """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint.
-
-    A run stopped on purpose (`RunStopped`: a pruned sweep trial) ends KILLED with
-    its history and the reason in `fer.stopped_by`, and drops its checkpoint.
-    """
-    if history.get("val_loss"):
-        _log_history(history, config)
-    if isinstance(err, RunStopped):
-        mlflow.set_tag(TAG_STOPPED_BY, err.reason)
-        mlflow.end_run("KILLED")
-        shutil.rmtree(directory, ignore_errors=True)
-        print(f"\nRun {run_id} stopped after {len(history.get('loss', []))} epochs: {err}", file=sys.stderr)
-        return
-    upload_checkpoint(directory)  # so that the run can be resumed on another machine too
-    status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
-    mlflow.end_run(status)
-    print(
-        f"\nRun {run_id} ended {status} after {len(history.get('loss', []))} epochs. "
-        f"Resume it with: fer train {config.phase} --resume {run_id}",
-        file=sys.stderr,
-    )
-
-
-def _run_name(config: TrainConfig) -> str:
-    return f"{config.phase}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _print_data_summary(splits: Splits) -> None:
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    print(f"Data: {splits.source} ({splits.location}), {splits.label_mode.value} labels: {sizes}")
-    for name, count in splits.dropped.items():
-        if count:
-            print(f"  {name}: {count} images dropped by the {splits.label_mode.value} label rule")
-    if splits.bad:
-        print(f"  {len(splits.bad)} bad images or rows skipped (skip_bad); first: {splits.bad[0]}")
-
-
 def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     optimizers = {
         "adam": keras.optimizers.Adam,
@@ -424,27 +421,46 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizers[config.optimizer](learning_rate=config.learning_rate)
 
 
+# ---------------------------------------------------------------------------
+# Step 4: training
+
+
 def training_callbacks(
-    config: TrainConfig, steps_per_epoch: int, directory: Path, resumed: SavedCheckpoint | None = None
+    config: TrainConfig,
+    steps_per_epoch: int,
+    directory: Path,
+    resumed: SavedCheckpoint | None = None,
+    extra: list[keras.callbacks.Callback] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The run's callbacks, in the order Keras must call them (every hook calls them first to last).
 
+    0. `extra`, the caller's own (a sweep's pruning report, a benchmark's timer);
     1. `LearningRateLogger`, `PeakMemory`: put the epoch's rate and memory into its
        logs before anything records them, and before ReduceLROnPlateau changes the rate;
     2. the steering callbacks: the learning-rate schedule, the time limit, early stopping;
     3. `RunCheckpoint`: after the steering ones (on resume it restores their
        counters after their own on_train_begin reset them), and before MLflow's
        logger, which autologging appends (so a kill leaves gaps, never duplicates);
-    4. `CheckpointUpload`, when `checkpoint_upload_every` asks for it.
+    4. `CheckpointUpload`, when `checkpoint_upload_every` asks for it;
+    5. `SkipAutologValidationEcho`, given this very list: autologging appends its
+       logger to the list fit receives, and that is where it looks for it.
     """
     steering = [*_schedule(config, steps_per_epoch), *_time_limit(config), *_early_stopping(config)]
-    return [
+    callbacks = [
+        *(extra or []),
         LearningRateLogger(),
         PeakMemory(),
         *steering,
         RunCheckpoint(directory, resumed, steering),
         *([CheckpointUpload(directory, config.checkpoint_upload_every)] if config.checkpoint_upload_every else []),
     ]
+    callbacks.append(SkipAutologValidationEcho(callbacks))
+    return callbacks
+
+
+def _checkpoint_callback(callbacks: list[keras.callbacks.Callback]) -> RunCheckpoint:
+    """The run's `RunCheckpoint`: it keeps the whole epoch history, every sitting included."""
+    return next(callback for callback in callbacks if isinstance(callback, RunCheckpoint))
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> list[keras.callbacks.Callback]:
@@ -491,24 +507,28 @@ def _early_stopping(config: TrainConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
-def _stopped_by(callbacks: list[keras.callbacks.Callback]) -> str:
-    """Why fit ended: "time_limit", "early_stopping", or "epochs" (it ran them all)."""
-    for callback in callbacks:
-        if isinstance(callback, TimeLimit) and callback.stopped_epoch is not None:
-            return "time_limit"
-        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
-            return "early_stopping"
-    return "epochs"
-
-
-def _dropout_rates(model: keras.Model) -> str:
-    """The network's dropout rates in order, e.g. "0.2,0.3,0.4,0.5" (a regularizer diagnostics cite)."""
-    return ",".join(str(layer.rate) for layer in model.layers if isinstance(layer, keras.layers.Dropout))
-
-
 def _mode(monitor: str) -> str:
     """Accuracy improves upwards; loss and the learning rate itself downwards."""
     return "max" if monitor.endswith("accuracy") else "min"
+
+
+def _fit(prepared: Prepared, config: TrainConfig, callbacks: list, initial_epoch: int = 0):
+    # One endless training dataset with steps_per_epoch on one machine (see training_datasets).
+    repeated = distribute.worker_count() == 1
+    return prepared.model.fit(
+        prepared.train_ds,
+        validation_data=prepared.val_ds,
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=prepared.steps_per_epoch if repeated else None,
+        # Ignored by Keras for a tf.data input (already batched), but lets
+        # autologging record the batch size (per replica) rather than None.
+        batch_size=config.batch_size,
+        shuffle=False,  # the pipeline shuffles
+        callbacks=callbacks,
+        class_weight=_class_weights(config, prepared.splits.train),
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
 
 
 def _class_weights(config: TrainConfig, train: Split) -> dict[int, float] | None:
@@ -520,24 +540,42 @@ def _class_weights(config: TrainConfig, train: Split) -> dict[int, float] | None
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
-def _log_data(splits: Splits) -> None:
-    """Each split as an MLflow dataset input (with a content digest), plus any drop counts."""
-    source = splits.location if splits.source != "synthetic" else CodeDatasetSource(tags={"generator": splits.location})
-    contexts = {"train": "training", "val": "validation", "test": "testing"}
-    for name, split in splits.items():
-        dataset = mlflow.data.from_numpy(
-            features=split.images,
-            targets=split.labels,
-            source=source,
-            name=f"{splits.source}-{name}",
-        )
-        mlflow.log_input(dataset, context=contexts[name])
-        mlflow.log_param(f"data.{name}_size", len(split))
-    for name, count in splits.dropped.items():
-        mlflow.log_param(f"data.{name}_dropped", count)
-    mlflow.log_metric("data_bad_items", len(splits.bad))
-    if splits.bad:
-        mlflow.log_text("\n".join(str(item) for item in splits.bad), "data/bad_items.txt")
+def _stopped_by(callbacks: list[keras.callbacks.Callback]) -> str:
+    """Why fit ended: "time_limit", "early_stopping", or "epochs" (it ran them all)."""
+    for callback in callbacks:
+        if isinstance(callback, TimeLimit) and callback.stopped_epoch is not None:
+            return "time_limit"
+        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
+            return "early_stopping"
+    return "epochs"
+
+
+def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, directory: Path, run_id: str) -> None:
+    """End the run KILLED (Ctrl-C, SIGTERM) or FAILED, keeping what it had: history, plots, checkpoint.
+
+    A run stopped on purpose (`RunStopped`: a pruned sweep trial) ends KILLED with
+    its history and the reason in `fer.stopped_by`, and drops its checkpoint.
+    """
+    if history.get("val_loss"):
+        _log_history(history, config)
+    if isinstance(err, RunStopped):
+        mlflow.set_tag(TAG_STOPPED_BY, err.reason)
+        mlflow.end_run("KILLED")
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"\nRun {run_id} stopped after {len(history.get('loss', []))} epochs: {err}", file=sys.stderr)
+        return
+    upload_checkpoint(directory)  # so that the run can be resumed on another machine too
+    status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    mlflow.end_run(status)
+    print(
+        f"\nRun {run_id} ended {status} after {len(history.get('loss', []))} epochs. "
+        f"Resume it with: fer train {config.phase} --resume {run_id}",
+        file=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Step 5: reports on the history
 
 
 def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
@@ -561,6 +599,10 @@ def _log_history(history: dict, config: TrainConfig) -> reports.BestPerformance:
     return best
 
 
+# ---------------------------------------------------------------------------
+# Step 6: the served model, its post-processing fitted on validation
+
+
 @dataclasses.dataclass(frozen=True)
 class PostProcessing:
     """What the logged model does to the network's probabilities, in this order.
@@ -568,6 +610,10 @@ class PostProcessing:
     tta "flip": the mean of the face's and its mirror's; `prior` and `tau`: logit
     adjustment (`fer.evaluation.logit_adjustment`); `temperature`: temperature scaling
     (`fer.evaluation.calibration`). None: that step is left out.
+
+    `wrap` is the Keras model the run logs and serves; `network_probabilities`
+    and `steps` compute the same numbers with numpy from one prediction, for
+    fitting the steps and for evaluating each of them.
     """
 
     tta: str = "none"
@@ -582,6 +628,35 @@ class PostProcessing:
             served = with_logit_adjustment(served, logit_adjustment.offsets(self.prior, self.tau))
         return served if self.temperature is None else with_temperature(served, self.temperature)
 
+    def network_probabilities(self, network: keras.Model, split: Split, batch_size: int):
+        """The plain network's probabilities on `split`, and what test-time augmentation makes of them.
+
+        The second is the first without TTA; with "flip", the mean over each face and its mirror.
+        """
+        plain = _predict(network, split, batch_size)
+        if self.tta != "flip":
+            return plain, plain
+        mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
+        return plain, (plain + _predict(network, mirrored, batch_size)) / 2
+
+    def steps(self, probabilities: np.ndarray):
+        """Each fitted step in order, as (name, probabilities after it): "adjusted", then "calibrated".
+
+        `probabilities` are what `network_probabilities` gives second; the last
+        step's are what the served model gives.
+        """
+        if self.prior is not None:
+            probabilities = logit_adjustment.adjust(probabilities, self.prior, self.tau)
+            yield "adjusted", probabilities
+        if self.temperature is not None:
+            yield "calibrated", calibration.apply_temperature(probabilities, self.temperature)
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        """What the served model gives, from the network's (TTA-averaged) `probabilities`."""
+        for _, probabilities in self.steps(probabilities):
+            pass
+        return probabilities
+
 
 def _fit_post_processing(network: keras.Model, prepared: Prepared, config: TrainConfig) -> PostProcessing:
     """The post-processing `config` asks for, its steps fitted in order on one prediction of the validation split."""
@@ -589,13 +664,12 @@ def _fit_post_processing(network: keras.Model, prepared: Prepared, config: Train
     if config.logit_adjustment != "fit" and config.calibration != "temperature":
         return post
     val = prepared.splits.val
-    probabilities = _predict(post.wrap(network), val, prepared.batch_size)
+    _, probabilities = post.network_probabilities(network, val, prepared.batch_size)
     if config.logit_adjustment == "fit":
         prior = logit_adjustment.class_prior(prepared.splits.train.targets)
         post = dataclasses.replace(post, prior=prior, tau=_fit_logit_adjustment(val, probabilities, prior))
-        probabilities = logit_adjustment.adjust(probabilities, prior, post.tau)
     if config.calibration == "temperature":
-        post = dataclasses.replace(post, temperature=_fit_temperature(val, probabilities))
+        post = dataclasses.replace(post, temperature=_fit_temperature(val, post.apply(probabilities)))
     return post
 
 
@@ -653,6 +727,21 @@ def _log_fitted_param(name: str, value: str) -> None:
         mlflow.set_tag(f"fer.{name}_refitted", value)
 
 
+def _log_model(model: keras.Model, examples: Split, epochs_trained: int) -> ModelInfo:
+    """Log the model as the run's output at the step after its last epoch.
+
+    MLflow links the run's metrics at the model's step to it; at a per-epoch step
+    those would be one epoch's training figures, not the model's. Its own are
+    its evaluation, linked explicitly (`_evaluate`).
+    """
+    faces = examples.images[:2, ..., np.newaxis].astype(np.float32)
+    return log_emotion_model(model, faces, name=MODEL_ARTIFACT, step=epochs_trained)
+
+
+# ---------------------------------------------------------------------------
+# Step 7: evaluation
+
+
 def _evaluate(
     network: keras.Model,
     splits: Splits,
@@ -677,21 +766,19 @@ def _evaluate(
     # and record test numbers under validation names.
     split_name = splits.eval_split_name
     split = getattr(splits, split_name)
-    probabilities = _predict(network, split, batch_size)
+    plain, probabilities = post.network_probabilities(network, split, batch_size)
     if post.tta == "flip":
-        _log_beside(split, probabilities, "no_tta", model_id)
-        mirrored = Split(split.images[:, :, ::-1], split.labels, split.targets)
-        probabilities = (probabilities + _predict(network, mirrored, batch_size)) / 2
-    if post.prior is not None:
-        _log_beside(split, probabilities, "unadjusted", model_id)
-        probabilities = logit_adjustment.adjust(probabilities, post.prior, post.tau)
+        _log_beside(split, plain, "no_tta", model_id)
     curves = {}
-    if post.temperature is not None:
-        uncalibrated = calibration.reliability(split.labels, probabilities)
-        log_model_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
-                           f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece}, model_id)
-        curves["before temperature scaling"] = uncalibrated
-        probabilities = calibration.apply_temperature(probabilities, post.temperature)
+    for step, after in post.steps(probabilities):
+        if step == "adjusted":
+            _log_beside(split, probabilities, "unadjusted", model_id)
+        else:
+            uncalibrated = calibration.reliability(split.labels, probabilities)
+            log_model_metrics({f"{EVAL_PREFIX}_uncalibrated_log_loss": calibration.log_loss(split.labels, probabilities),
+                               f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece}, model_id)
+            curves["before temperature scaling"] = uncalibrated
+        probabilities = after
     evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     log_model_metrics(evaluation.metrics(EVAL_PREFIX), model_id)
     curves["served model" if post.temperature is None else f"temperature {post.temperature:.3g}"] = \
@@ -722,12 +809,18 @@ def _predict(network: keras.Model, split: Split, batch_size: int) -> np.ndarray:
     return network.predict(make_dataset(split, batch_size, training=False), verbose=0)
 
 
-def _log_model(model: keras.Model, examples: Split, epochs_trained: int) -> ModelInfo:
-    """Log the model as the run's output at the step after its last epoch.
+# ---------------------------------------------------------------------------
+# The other workers of a multi-worker cluster
 
-    MLflow links the run's metrics at the model's step to it; at a per-epoch step
-    those would be one epoch's training figures, not the model's. Its own are
-    its evaluation, linked explicitly (`_evaluate`).
+
+def _train_worker(config: TrainConfig, use_cache: bool) -> None:
+    """A non-chief worker: the chief's data, model and fit, in lock-step with it, and no MLflow at all.
+
+    Its checkpoints go to a temporary folder of its own (the chief's are the
+    run's): every worker writes them, as TensorFlow's multi-worker guide asks,
+    but only the chief's are kept.
     """
-    faces = examples.images[:2, ..., np.newaxis].astype(np.float32)
-    return log_emotion_model(model, faces, name=MODEL_ARTIFACT, step=epochs_trained)
+    prepared = prepare(config, use_cache)
+    with tempfile.TemporaryDirectory(prefix=f"fer-{distribute.task_name()}-") as tmp:
+        _fit(prepared, config, training_callbacks(config, prepared.steps_per_epoch, Path(tmp)))
+    print(f"Worker {distribute.task_name()} done; the chief logged the run.")
