@@ -1,9 +1,16 @@
 """The two ways of installing the project must ask for the same things."""
 
+import importlib
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import click
+import mlflow
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +33,25 @@ def test_distribution_name_does_not_collide_with_pypi_fer_but_imports_as_fer():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] != "fer"
     assert project["scripts"]["fer"] == "fer.cli:main"
-    assert (ROOT / "fer" / "__init__.py").exists()
+    module, _, attribute = project["scripts"]["fer"].partition(":")
+    command = getattr(importlib.import_module(module), attribute)
+    assert isinstance(command, click.Group) and {"train", "predict", "promote"} <= set(command.commands)
+
+
+def test_the_wheel_lists_every_package_and_carries_the_experiment_files():
+    """pyproject lists its packages (see there why): a new subpackage left off would be missing from the wheel."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    in_tree = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "fer").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == in_tree | {"fer.experiments"}
+    assert setuptools["package-dir"] == {"fer.experiments": "experiments"}
+    assert setuptools["package-data"]["fer.experiments"] == ["*.yaml"]
+    assert {"phase1.yaml", "phase2.yaml", "sweep.yaml"} <= {p.name for p in (ROOT / "experiments").glob("*.yaml")}
+
+
+def test_config_reads_the_checkouts_experiments_beside_the_package():
+    from fer.config import EXPERIMENTS_DIR
+
+    assert EXPERIMENTS_DIR == ROOT / "experiments"
 
 
 def test_mlproject_uses_conda_yaml_and_has_the_product_entry_points():
@@ -72,3 +97,50 @@ def test_the_test_extra_installs_what_the_onnx_extra_does():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {"onnx", "onnxruntime", "tf2onnx"} == {re.split(r"[<>=!~\[]", r)[0] for r in extras["onnx"]}
     assert set(map(_normalise, extras["onnx"])) <= set(map(_normalise, extras["test"]))
+
+
+def _build_wheel(folder: Path) -> Path:
+    """A wheel of the project as `pip install .` builds it, from a copy of what the wheel is made of."""
+    import shutil
+
+    source = folder / "source"
+    for name in ("fer", "experiments"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    # pip's own build isolation: setuptools >= 77 (the license field) from the index, as a user's pip does.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder / "dist"), str(source)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    return next((folder / "dist").glob("fer_mlflow-*.whl"))
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_elsewhere_trains_from_another_folder(tmp_path):
+    """`pip install .` (not editable), then `fer train phase1` in a folder with no experiments/ of its own."""
+    wheel = _build_wheel(tmp_path)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(site), FER_CACHE_DIR=str(tmp_path / "cache"))
+
+    where = subprocess.run([sys.executable, "-c", "import fer, fer.config as c; print(fer.__file__); "
+                            "print(c.EXPERIMENTS_DIR)"], env=env, cwd=work, capture_output=True, text=True, check=True)
+    package_file, experiments = where.stdout.split()
+    assert Path(package_file).is_relative_to(site), package_file
+    assert Path(experiments) == site / "fer" / "experiments"
+
+    trained = subprocess.run([sys.executable, "-m", "fer.cli", "train", "phase1", "--data", "synthetic:200",
+                              "--epochs", "1"], env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")  # the default store, in the working folder
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.info.status for run in runs] == ["FINISHED"]
+    run = runs[0]
+    assert {"eval_accuracy", "best_val_accuracy"} <= set(run.data.metrics)
+    assert run.data.params["epochs"] == "1" and run.data.tags["fer.phase"] == "phase1"
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [run.info.run_id]
