@@ -243,7 +243,7 @@ def _log_service_model(source_run_id: str, model_id: str):
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = mlflow.artifacts.download_artifacts(f"runs:/{source_run_id}/model", dst_path=tmp)
         keras_file = find_keras_file(Path(model_dir))
-        # Saved again without optimizer state: runs logged before fer 0.2.0 carry Adam's (3x the weights).
+        # Saved again without optimizer state: runs logged by fer 0.1.0 carry Adam's (3x the weights).
         served = save_servable(load_network(str(keras_file)), Path(tmp) / "served" / keras_file.name)
         return log_service_model(served, name=PHOTO_MODEL, model_id=model_id)
 
