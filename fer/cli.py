@@ -383,11 +383,22 @@ def diagnose(run_id):
 VIDEO_OPTIONS = ("csv_path", "every", "half_life", "max_missed")
 
 
+def _deprecated_model_option(ctx, param, value):
+    """`--model`, `fer predict`'s old name for `--model-uri`: still taken, with a one-line notice."""
+    if value is not None:
+        click.echo("fer predict: --model is deprecated and will go in a later version; use --model-uri "
+                   "(or -m), which takes the same value.", err=True)
+    return value
+
+
 @main.command()
-@click.option("--model-uri", "-m", "model_uri", required=True, metavar="MODEL_URI",
+# Required, but checked in the command: the deprecated --model may give it instead.
+@click.option("--model-uri", "-m", "model_uri", metavar="MODEL_URI",
               help="The photo model, as `mlflow models serve -m` takes it: models:/fer-emotion@champion, "
                    "runs:/<training run id>/photo_model of a promoted run, or a local model folder. For a video, "
-                   "a training run's runs:/<run id>/model works too.")
+                   "a training run's runs:/<run id>/model works too.  [required]")
+@click.option("--model", "old_model_uri", metavar="MODEL_URI", hidden=True, callback=_deprecated_model_option,
+              help="Deprecated: --model-uri.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False),
                 metavar="PHOTO... | VIDEO")
 @click.option("--annotate", "annotate", type=click.Path(), metavar="OUT_DIR | OUT.mp4",
@@ -403,7 +414,7 @@ VIDEO_OPTIONS = ("csv_path", "every", "half_life", "max_missed")
 @click.option("--max-missed", "max_missed", type=click.IntRange(min=0), default=DEFAULT_MAX_MISSED,
               show_default=True, help="A video: a face unseen for more than N processed frames gets a new id "
                                       "when it comes back.")
-def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
+def predict(model_uri, old_model_uri, files, annotate, csv_path, every, half_life, max_missed):
     """Find the faces in each PHOTO and print one line per face: box, emotion, probabilities.
 
     Or, given one VIDEO (.mp4, .avi, .webm, .mkv, .mov, .m4v), follow its faces
@@ -414,6 +425,7 @@ def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
     from fer.serving.faces import FaceDetectorUnavailable
     from fer.serving.predict import PredictError, is_video_path
 
+    model_uri = _model_uri(model_uri, old_model_uri)
     videos = [path for path in files if is_video_path(path)]
     if videos and len(files) > 1:
         raise click.UsageError(f"give one video at a time, or only photos; got {len(files)} files, "
@@ -431,6 +443,16 @@ def predict(model_uri, files, annotate, csv_path, every, half_life, max_missed):
             _predict_photos(model_uri, files, annotate)
     except (PredictError, TrackingServerError, FaceDetectorUnavailable) as err:
         raise click.ClickException(str(err)) from None
+
+
+def _model_uri(model_uri: str | None, old_model_uri: str | None) -> str:
+    """The one model URI of `--model-uri` and the deprecated `--model`; a usage error for none or two."""
+    if model_uri and old_model_uri and model_uri != old_model_uri:
+        raise click.UsageError(f"--model-uri {model_uri!r} and --model {old_model_uri!r} differ: give --model-uri only")
+    if not (model_uri or old_model_uri):
+        raise click.UsageError("Missing option '--model-uri' / '-m': the photo model to use, "
+                               "e.g. models:/fer-emotion@champion")
+    return model_uri or old_model_uri
 
 
 def _predict_photos(model_uri, files, annotate_dir):

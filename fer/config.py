@@ -19,8 +19,20 @@ from fer.training.acceleration import DTYPE_POLICIES, JIT_CHOICES
 from fer.data.splits import LabelMode
 from fer.training.distribute import STRATEGIES
 
-# The project's experiments/: beside the package in a checkout (and in `mlflow run`).
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+def _experiments_dir() -> Path:
+    """The project's experiments/: inside the package when installed from a wheel, beside it in a checkout.
+
+    pyproject.toml maps the top-level experiments/ to the package `fer.experiments`,
+    so a wheel (`pip install .`) carries the phase and sweep files as fer/experiments/;
+    a checkout, an editable install and `mlflow run` read the top-level folder itself.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "experiments"
+    return installed if installed.is_dir() else package.parent / "experiments"
+
+
+EXPERIMENTS_DIR = _experiments_dir()
 PHASES = ("phase1", "phase2")
 # The builders live in fer.models; named here so validating a config never loads TensorFlow.
 MODELS = ("baseline", "final")

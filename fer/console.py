@@ -20,15 +20,20 @@ once TensorFlow has loaded. A process that dies while TensorFlow loads (a CPU
 without the instructions it was built for, say) loses what was captured: run
 it again with ``FER_VERBOSE=1`` to see why.
 
-Of Python-side warnings one is dropped: TensorFlow's
+MLflow's progress bars for artifact downloads are off
+(``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``), and its UserWarning that a
+data set's local path "can be interpreted in multiple ways" is dropped: a run
+logs its data sets with their paths, and MLflow's choice is the right one.
+
+Of TensorFlow's Python-side warnings one is dropped: TensorFlow's
 "N out of the last N calls to <function ...> triggered tf.function retracing",
 which a run prints at its end because each of its wrappers of the network
 (flip averaging, logit adjustment, temperature) and the plain network traces
 its own predict function once, as it must; the note is for code that retraces
 in a loop.
 
-To see the native lines: ``FER_VERBOSE=1`` in the environment, or
-``fer --verbose <command>``. A value the user set for a variable below is
+To see the native lines, the bars and the warning: ``FER_VERBOSE=1`` in the
+environment, or ``fer --verbose <command>``. A value the user set for a variable below is
 always kept.
 
 Example:
@@ -45,10 +50,19 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 VERBOSE_ENV = "FER_VERBOSE"
-# TF_CPP_MIN_LOG_LEVEL 3: C++ messages below FATAL are dropped (the cuInit line is an ERROR).
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+QUIET_ENV = {
+    # C++ messages below FATAL are dropped (the cuInit line is an ERROR).
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    # MLflow's tqdm bars: logging a model downloads its own files back to check them, a
+    # "Downloading artifacts" bar each time, redrawn dozens of times in a run's console.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+# MLflow's note when a data set's source is a local path: it matches two registered kinds of
+# source (both LocalArtifactDatasetSource) and MLflow takes the one it names, which is right.
+_DATASET_SOURCE_NOTE = r"The specified dataset source can be interpreted in multiple ways"
 
 _set_here: set[str] = set()
 
@@ -192,12 +206,14 @@ def uninstall_quiet_import(module: str = "tensorflow") -> None:
 def quiet_native_logging() -> None:
     """Set TensorFlow's native log level to quiet, unless FER_VERBOSE is set or the user chose a level.
 
-    Also drops TensorFlow's Python-side retracing note (see the module's docstring).
+    Also turns MLflow's artifact progress bars off (unless the user set the variable), and drops
+    TensorFlow's retracing note and MLflow's dataset-source warning (see the module's docstring).
     The level then also applies to what TensorFlow's libraries log while they load (`install_quiet_import`).
     """
     if verbose_requested():
         return
     logging.getLogger("tensorflow").addFilter(_RETRACING_FILTER)  # the same object twice is added once
+    warnings.filterwarnings("ignore", message=_DATASET_SOURCE_NOTE, category=UserWarning)  # added once, too
     for name, value in QUIET_ENV.items():
         if name not in os.environ:
             os.environ[name] = value
@@ -212,6 +228,8 @@ def allow_native_logging() -> bool:
     """
     os.environ[VERBOSE_ENV] = "1"  # processes started from here (mlflow's) keep the choice
     logging.getLogger("tensorflow").removeFilter(_RETRACING_FILTER)
+    # Ahead of the "ignore": Python's own handling again (filters are tried first to last).
+    warnings.filterwarnings("default", message=_DATASET_SOURCE_NOTE, category=UserWarning)
     uninstall_quiet_import("tensorflow")
     for name in _set_here:
         os.environ.pop(name, None)

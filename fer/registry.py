@@ -238,10 +238,14 @@ def evaluation_metrics(client: MlflowClient, run_id: str) -> list[Metric]:
 
 def _log_service_model(source_run_id: str, model_id: str):
     from fer.serving.photo_service import find_keras_file, log_service_model
+    from fer.serving.pyfunc import load_network, save_servable
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = mlflow.artifacts.download_artifacts(f"runs:/{source_run_id}/model", dst_path=tmp)
-        return log_service_model(find_keras_file(Path(model_dir)), name=PHOTO_MODEL, model_id=model_id)
+        keras_file = find_keras_file(Path(model_dir))
+        # Saved again without optimizer state: runs logged by fer 0.1.0 carry Adam's (3x the weights).
+        served = save_servable(load_network(str(keras_file)), Path(tmp) / "served" / keras_file.name)
+        return log_service_model(served, name=PHOTO_MODEL, model_id=model_id)
 
 
 def _register(client: MlflowClient, model_name: str, run_id: str, model_id: str) -> str:
@@ -255,12 +259,22 @@ def _register(client: MlflowClient, model_name: str, run_id: str, model_id: str)
     return str(version.version)
 
 
+# The project's own card (MODEL_CARD.md, at the repository's root) holds what every version shares; the
+# version's description names its two rules and points there rather than copying the whole card.
+MODEL_CARD_LINE = (
+    "- Intended use: research and prototyping on 48x48 face crops. Out of scope: inferring what a person "
+    "feels, and decisions about people. The full card (uses, limits of emotion recognition from faces, "
+    "the data's terms, per-class recall): `MODEL_CARD.md` in the fer repository."
+)
+
+
 def model_card(run: Run) -> str:
     """A short model card for a training run's model, from its tags, params and metrics.
 
     What it was trained on, which phase, accuracy and macro-F1 and on which
-    split, when, and its limits. Markdown, a few lines: the registry shows it as
-    the version's description.
+    split, when, and its limits, and a pointer to the project's MODEL_CARD.md
+    (`MODEL_CARD_LINE`). Markdown, a few lines: the registry shows it as the
+    version's description.
     """
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     split = tags.get(TAG_EVAL_SPLIT, "test")
@@ -286,6 +300,7 @@ def model_card(run: Run) -> str:
     if "best_val_accuracy" in metrics:
         lines.append(f"- Best validation accuracy {metrics['best_val_accuracy']:.4f}")
     lines.append("- Limits: " + "; ".join(_limits(tags, metrics, split)))
+    lines.append(MODEL_CARD_LINE)
     return "\n".join(lines)
 
 

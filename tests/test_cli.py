@@ -123,7 +123,7 @@ def test_an_option_several_commands_take_means_the_same_in_each():
     seen = {}
     for name, command in all_commands():
         for param in command.params:
-            if isinstance(param, click.Option) and not param.is_eager:
+            if isinstance(param, click.Option) and not param.is_eager and not param.hidden:  # hidden: aliases
                 for flag in param.opts:
                     seen.setdefault(flag, []).append((name, param))
     shared = {flag: uses for flag, uses in seen.items() if len(uses) > 1}
@@ -140,7 +140,31 @@ def test_model_means_the_architecture_and_model_uri_the_model_to_load():
     train, predict = main.commands["train"], main.commands["predict"]
     assert list(option(train, "--model").type.choices) == ["baseline", "final"]
     assert option(predict, "--model-uri").opts == ["--model-uri", "-m"]
-    assert not [p for p in predict.params if "--model" in getattr(p, "opts", [])]
+    assert option(predict, "--model").hidden  # the deprecated alias of --model-uri, out of help and docs
+    assert "--model " not in CliRunner().invoke(main, ["predict", "--help"]).output
+
+
+@pytest.fixture
+def predicted_with(monkeypatch):
+    """The model URI `fer predict` would load photos with, recorded instead of loading anything."""
+    used = []
+    monkeypatch.setattr(cli, "_predict_photos", lambda model_uri, files, annotate: used.append(model_uri))
+    return used
+
+
+def test_predict_takes_the_old_model_option_with_a_one_line_notice(predicted_with):
+    result = CliRunner().invoke(main, ["predict", "--model", "models:/fer-emotion@champion", __file__])
+    assert result.exit_code == 0, result.output
+    assert predicted_with == ["models:/fer-emotion@champion"]
+    notice = result.stderr.strip().splitlines()
+    assert len(notice) == 1 and "--model is deprecated" in notice[0] and "--model-uri" in notice[0]
+
+
+def test_predict_with_model_uri_prints_no_notice_and_refuses_two_different_uris(predicted_with):
+    result = CliRunner().invoke(main, ["predict", "-m", "models:/fer-emotion@champion", __file__])
+    assert result.exit_code == 0 and result.stderr == "" and predicted_with == ["models:/fer-emotion@champion"]
+    both = CliRunner().invoke(main, ["predict", "-m", "models:/a/1", "--model", "models:/b/1", __file__])
+    assert both.exit_code == 2 and "differ: give --model-uri only" in both.output
 
 
 def test_every_option_and_command_has_a_help_text():
@@ -183,8 +207,7 @@ def test_readme_parameter_table_lists_every_training_parameter_with_its_option_v
         (["train", "phase1", "--tta", "rotate"], "'rotate' is not one of 'auto', 'none', 'flip'"),
         (["train", "phase1", "--skip-bad", "maybe"], "'maybe' is not true or false"),
         (["data", "inspect", "--skip-bad", "faces/"], "--skip-bad alone means true"),
-        (["predict", "--model", "models:/fer-emotion@champion", __file__],
-         "No such option '--model'. (Did you mean one of: '--help', '--model-uri'?)"),
+        (["predict", __file__], "Missing option '--model-uri' / '-m'"),
         (["train"], "Missing argument 'PHASE'"),
         (["--no-such-option"], "No such option '--no-such-option'"),
     ],
@@ -206,6 +229,18 @@ def test_version_names_fer_and_the_libraries_that_train_it_without_loading_tenso
     project_version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert first.startswith(f"fer {project_version} (mlflow {version('mlflow')}, keras {version('keras')}, ")
     assert last == "exit 0 False", result.stderr
+
+
+def test_the_version_is_pyprojects_and_the_changelog_has_it_with_only_unreleased_above():
+    import fer
+
+    project_version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert fer.__version__ == project_version
+    assert cli.version_text().startswith(f"fer {project_version} (")
+    headings = [line for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## [")]
+    sections = [heading.split("]")[0].removeprefix("## [") for heading in headings]
+    assert project_version in sections, sections
+    assert sections.index(project_version) == (1 if sections[0] == "Unreleased" else 0), sections
 
 
 @pytest.mark.parametrize("raised, status, says", [(KeyboardInterrupt, 130, "Interrupted (Ctrl-C)."),

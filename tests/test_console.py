@@ -20,7 +20,7 @@ NOISE = ("cuInit", "E0000", "I0000", "absl::InitializeLog", "Could not find cuda
 def fer_process(args, tmp_path, **extra_env) -> subprocess.CompletedProcess:
     """`python -m fer.cli ARGS` as a user runs it: a fresh process, nothing of TensorFlow's set."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV, "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+           if k not in (*console.QUIET_ENV, console.VERBOSE_ENV, "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
     env.update(
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
         FER_CACHE_DIR=str(tmp_path / "cache"),
@@ -47,8 +47,8 @@ def assert_quiet(result: subprocess.CompletedProcess) -> None:
 
 @pytest.fixture
 def unset(monkeypatch):
-    """Neither variable set, both restored afterwards (set first: monkeypatch restores only what it saw)."""
-    for name in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV):
+    """None of the variables set, all restored afterwards (set first: monkeypatch restores only what it saw)."""
+    for name in (*console.QUIET_ENV, console.VERBOSE_ENV):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     return monkeypatch
@@ -164,3 +164,60 @@ def test_a_one_epoch_run_prints_no_gpu_probe_or_colour_codes(tmp_path):
                           "--tta", "flip", "--logit-adjustment", "fit", "--calibration", "temperature"], tmp_path)
     assert_quiet(result)
     assert "Best performance over 1 epochs" in result.stdout
+
+
+MLFLOW_NOISE = ("Downloading artifacts", "can be interpreted in multiple ways")
+
+
+def _write_fer2013_csv(path) -> str:
+    """A small fer2013.csv of drawn faces: a data set with a local path, whose source MLflow warned about."""
+    from fer.data.synthetic import make_faces
+
+    faces, _ = make_faces(84, seed=3)
+    usages = ["Training"] * 56 + ["PublicTest"] * 14 + ["PrivateTest"] * 14
+    rows = [f"{i % 7},{' '.join(map(str, face.ravel()))},{usage}" for i, (face, usage) in enumerate(zip(faces, usages))]
+    path.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow  # trains one epoch, twice
+def test_a_run_on_local_data_shows_no_mlflow_bars_or_dataset_warning_unless_verbose(tmp_path):
+    data = _write_fer2013_csv(tmp_path / "fer2013.csv")
+    args = ["train", "phase1", "--data", data, "--epochs", "1", "--batch-size", "32", "--system-metrics", "false"]
+    quiet = fer_process(args, tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    noisy = [line for line in (quiet.stdout + quiet.stderr).splitlines() if any(n in line for n in MLFLOW_NOISE)]
+    assert not noisy, noisy
+
+    verbose = fer_process(args, tmp_path, **{console.VERBOSE_ENV: "1"})
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert all(n in verbose.stderr for n in MLFLOW_NOISE), verbose.stderr[-3000:]
+
+
+def test_the_progress_bar_variable_is_set_only_when_the_user_left_it(unset):
+    monkeypatch = unset
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    console.quiet_native_logging()
+    assert os.environ[name] == "false"
+    console.allow_native_logging()  # fer --verbose
+    assert name not in os.environ
+
+    monkeypatch.setenv(name, "true")  # the user's own choice stays
+    monkeypatch.delenv(console.VERBOSE_ENV)
+    console.quiet_native_logging()
+    assert os.environ[name] == "true"
+
+
+def test_verbose_gives_the_dataset_source_warning_back(unset):
+    import warnings
+
+    def warned() -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("The specified dataset source can be interpreted in multiple ways: A, A.", UserWarning)
+        return bool(caught)
+
+    with warnings.catch_warnings():
+        console.quiet_native_logging()
+        assert not warned()
+        console.allow_native_logging()
+        assert warned()

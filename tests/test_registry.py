@@ -1,5 +1,7 @@
 """Promotion: the champion gate, aliases, and the decision recorded on each version."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -110,6 +112,15 @@ def test_model_card_names_data_split_figures_date_and_limits():  # pure: in the 
     assert "On the test split: accuracy 0.7812, macro-F1 0.5651" in card
     assert "validation figures" not in card and "synthetic" not in card  # a test split, real data
     assert "48x48 frontal faces" in card and "contempt rare: recall 0.00" in card
+    assert card.endswith("`MODEL_CARD.md` in the fer repository.") and "Out of scope" in card
+
+
+def test_the_model_card_the_description_points_to_is_in_the_repository():  # pure: in the fast lane
+    from fer.registry import MODEL_CARD_LINE
+
+    card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text()
+    assert "`MODEL_CARD.md`" in MODEL_CARD_LINE
+    assert all(f"## {heading}" in card for heading in ("Intended use", "Out of scope", "Data and its terms"))
 
 
 def test_nothing_to_promote_says_what_to_run(store):

@@ -213,11 +213,58 @@ def log_pyfunc(
     )
 
 
+def servable_copy(network):
+    """An uncompiled copy of `network`, the same layers and weights: what serving needs and no more.
+
+    A `.keras` file holds a compiled model's optimizer state (Adam: two slots per
+    weight, so three times the weights), which a served model never uses. Keras 3
+    has no switch for it (`include_optimizer` applies to `.h5` only) and
+    `keras.models.clone_model` compiles its copy again, so the copy is built from
+    the network's config with every `compile_config` taken out (a network nested
+    in a wrapper, such as flip averaging, carries its own), then given the
+    weights. Training checkpoints (`fer.training.checkpoints`) keep the state:
+    resuming needs it.
+
+    Example:
+        >>> servable_copy(network).save("model.keras")  # doctest: +SKIP
+        >>> keras.saving.load_model("model.keras").predict(faces)  # the same as network.predict(faces)  # doctest: +SKIP
+    """
+    copy = type(network).from_config(_without_compile_config(network.get_config()))
+    copy.set_weights(network.get_weights())
+    return copy
+
+
+def _without_compile_config(config):
+    """`config` (nested dicts and lists) without its "compile_config" entries, at any depth."""
+    if isinstance(config, dict):
+        return {key: _without_compile_config(value) for key, value in config.items() if key != "compile_config"}
+    if isinstance(config, list):
+        return [_without_compile_config(value) for value in config]
+    return config
+
+
+def save_servable(network, path: str | Path) -> Path:
+    """Save `servable_copy(network)` as the `.keras` file `path` (no optimizer state); the path.
+
+    Example:
+        >>> save_servable(network, "model.keras")  # doctest: +SKIP
+        PosixPath('model.keras')
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"save_servable writes a .keras file; got the path {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    servable_copy(network).save(path)
+    return path
+
+
 def log_emotion_model(network, input_example: np.ndarray, name: str = "model", step: int = 0) -> ModelInfo:
-    """Log `network` as the training pyfunc (`EmotionModel`) in the active run, its output at `step`; its ModelInfo."""
+    """Log `network` as the training pyfunc (`EmotionModel`) in the active run, its output at `step`; its ModelInfo.
+
+    The logged `.keras` file holds the network without its optimizer state (`servable_copy`).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        keras_path = Path(tmp) / "model.keras"
-        network.save(keras_path)
+        keras_path = save_servable(network, Path(tmp) / "model.keras")
         return log_pyfunc(
             "pyfunc_model.py",
             keras_path,
