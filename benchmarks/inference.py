@@ -81,7 +81,7 @@ from fer.export import quantization
 from fer.data.splits import EMOTIONS  # noqa: E402
 from fer.data.synthetic import make_faces  # noqa: E402
 from fer.models import build_model  # noqa: E402
-from fer.analysis.reports import evaluate_predictions  # noqa: E402
+from fer.evaluation.metrics import evaluate_predictions  # noqa: E402
 from fer.serving.engines import FACE_SHAPE, forward  # noqa: E402
 from fer.serving.pyfunc import log_emotion_model  # noqa: E402
 from machine import describe, load_note  # noqa: E402  (benchmarks/machine.py)

@@ -477,7 +477,6 @@ def test_log_diagnostics_writes_markdown_and_json_that_round_trip(store, tmp_pat
         text = Path(client.download_artifacts(target, "diagnostics.md", str(folder))).read_text()
         data = json.loads(Path(client.download_artifacts(target, "diagnostics.json", str(folder))).read_text())
         assert data == d.to_dict()
-        assert Diagnostics.from_dict(data) == d
         for heading, statements in d.sections():
             assert f"## {heading}\n" in text
             assert all(f"- {s}\n" in text for s in statements)

@@ -12,10 +12,10 @@ from PIL import Image
 
 from fer import EMOTIONS
 from fer.analysis.history import learning_rate_steps
+from fer.evaluation.metrics import evaluate_predictions
 from fer.analysis.reports import (
     BestPerformance,
     best_performance,
-    evaluate_predictions,
     plot_confusion_matrix,
     plot_history,
     plot_reliability_diagram,

@@ -58,8 +58,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -499,11 +497,6 @@ class Diagnostics:
         """JSON-ready: every field (None where a value is not measured), the statements and the rules."""
         data = _plain(dataclasses.asdict(self))
         return {"epoch_numbering": "1-based", **data, "statements": self.statements(), "rules": RULES}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Diagnostics:
-        """The inverse of `to_dict` (e.g. a run's diagnostics.json read back)."""
-        return _from_plain(cls, data)
 
     def to_markdown(self) -> str:
         lines = [
@@ -993,22 +986,4 @@ def _plain(value):
         return {key: _plain(v) for key, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value
-
-
-def _from_plain(cls, data: dict):
-    hints = typing.get_type_hints(cls)
-    return cls(**{f.name: _typed(hints[f.name], data[f.name]) for f in dataclasses.fields(cls)})
-
-
-def _typed(hint, value):
-    if value is None:
-        return None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        return _typed(next(a for a in args if a is not type(None)), value)
-    if origin is tuple:
-        return tuple(_typed(args[0], v) for v in value)
-    if dataclasses.is_dataclass(hint):
-        return _from_plain(hint, value)
     return value

@@ -401,7 +401,7 @@ def _training_config(client, run_id: str):
 
 
 def _measured(name, label, path, probabilities, reference, labels) -> Measured:
-    from fer.analysis.reports import evaluate_predictions
+    from fer.evaluation.metrics import evaluate_predictions
 
     # An int8 model's softmax is quantized too: its rows sum to 1 only within about 1 %.
     normalised = probabilities / probabilities.sum(axis=1, keepdims=True)

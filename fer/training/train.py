@@ -58,6 +58,7 @@ from fer.training import acceleration
 from fer.evaluation import calibration
 from fer.training import distribute
 from fer.evaluation import logit_adjustment
+from fer.evaluation.metrics import Evaluation, evaluate_predictions
 from fer.analysis import reports
 from fer.training import system_metrics
 from fer.training.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
@@ -681,8 +682,8 @@ def _fit_logit_adjustment(val: Split, probabilities: np.ndarray, prior: np.ndarr
     the latter being what the fit maximised.
     """
     tau = logit_adjustment.fit_tau(val.labels, probabilities, prior)
-    before = reports.evaluate_predictions(val.labels, probabilities, EMOTIONS, "val")
-    after = reports.evaluate_predictions(val.labels, logit_adjustment.adjust(probabilities, prior, tau), EMOTIONS, "val")
+    before = evaluate_predictions(val.labels, probabilities, EMOTIONS, "val")
+    after = evaluate_predictions(val.labels, logit_adjustment.adjust(probabilities, prior, tau), EMOTIONS, "val")
     _log_fitted_param(TAU_PARAM, f"{tau:g}")
     mlflow.log_metrics({
         "logit_adjustment_tau": tau,
@@ -748,7 +749,7 @@ def _evaluate(
     batch_size: int,
     post: PostProcessing = PostProcessing(),
     model_id: str | None = None,
-) -> reports.Evaluation:
+) -> Evaluation:
     """Evaluate on the test split (validation where there is none) what `post.wrap(network)` serves, and log it.
 
     With tta "flip" the logged figures are those of the mean of each face's and
@@ -779,7 +780,7 @@ def _evaluate(
                                f"{EVAL_PREFIX}_uncalibrated_ece": uncalibrated.ece}, model_id)
             curves["before temperature scaling"] = uncalibrated
         probabilities = after
-    evaluation = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
+    evaluation = evaluate_predictions(split.labels, probabilities, EMOTIONS, split_name)
     log_model_metrics(evaluation.metrics(EVAL_PREFIX), model_id)
     curves["served model" if post.temperature is None else f"temperature {post.temperature:.3g}"] = \
         evaluation.reliability
@@ -800,7 +801,7 @@ def _evaluate(
 
 def _log_beside(split: Split, probabilities: np.ndarray, label: str, model_id: str | None) -> None:
     """Accuracy and macro-F1 of `probabilities` before a post-processing step, as `eval_<label>_*`."""
-    before = reports.evaluate_predictions(split.labels, probabilities, EMOTIONS, "before")
+    before = evaluate_predictions(split.labels, probabilities, EMOTIONS, "before")
     log_model_metrics({f"{EVAL_PREFIX}_{label}_accuracy": before.accuracy,
                        f"{EVAL_PREFIX}_{label}_macro_f1": before.macro_f1}, model_id)
 
