@@ -163,6 +163,12 @@ def count_decodes(monkeypatch):
     return calls
 
 
+@pytest.fixture(scope="session")
+def trained_baseline():
+    """`briefly_trained_baseline()`, trained once per test run: tests that use it must not change it."""
+    return briefly_trained_baseline()
+
+
 def briefly_trained_baseline():
     """The baseline network after one epoch on 200 drawn faces, the same on every call.
 

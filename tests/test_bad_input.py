@@ -1,10 +1,10 @@
-"""Bad parameters fail fast, with a message, through `mlflow run` and the CLI alike."""
+"""Bad parameters fail fast, with a message, through `mlflow run` (the CLI's own cases: tests/test_cli.py)."""
 
 from pathlib import Path
 
 import pytest
 
-from conftest import fer_cli, mlflow_run
+from conftest import mlflow_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_PACKAGE = ROOT / "fer"
@@ -15,21 +15,6 @@ BAD = [
     ({"label_mode": "soft"}, "'soft' is not one of 'majority', 'probability'"),  # click's Choice
     ({"data": "/no/such/faces"}, "Data path '/no/such/faces' does not exist"),
 ]
-
-
-@pytest.mark.parametrize("params, message", BAD)
-def test_cli_rejects_bad_parameters_before_training(params, message, tmp_path):
-    args = [f"--{key.replace('_', '-')}={value}" for key, value in params.items()]
-    result = fer_cli(["train", "phase1", *args], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked
-
-
-def test_cli_rejects_an_unknown_model(tmp_path):
-    result = fer_cli(["train", "phase1", "--model", "resnet"], f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
-    assert result.returncode == 2
-    assert "Invalid value for '--model': 'resnet' is not one of 'baseline', 'final'" in result.stderr
 
 
 @pytest.mark.slow

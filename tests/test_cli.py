@@ -202,6 +202,11 @@ def test_readme_parameter_table_lists_every_training_parameter_with_its_option_v
     "args, message",
     [
         (["train", "phase1", "--epochs", "abc"], "'abc' is not a valid integer"),
+        (["train", "phase1", "--epochs", "0"], "epochs must be a positive whole number; got 0"),
+        (["train", "phase1", "--batch-size", "-4"], "batch_size must be a positive whole number; got -4"),
+        (["train", "phase1", "--label-mode", "soft"], "'soft' is not one of 'majority', 'probability'"),
+        (["train", "phase1", "--data", "/no/such/faces"], "Data path '/no/such/faces' does not exist"),
+        (["train", "phase1", "--model", "resnet"], "'resnet' is not one of 'baseline', 'final'"),
         (["train", "phase1", "--learning-rate", "fast"], "'fast' is not a valid float"),
         (["train", "phase1", "--lr-schedule", "step"], "'step' is not one of 'auto', 'plateau', 'linear', 'cosine'"),
         (["train", "phase1", "--tta", "rotate"], "'rotate' is not one of 'auto', 'none', 'flip'"),

@@ -13,7 +13,6 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import briefly_trained_baseline
 
 from fer.data.synthetic import make_faces
 from fer.export.runs import TAG_ONNX, TAG_ONNX_SKIPPED, OnnxExportSkipped, log_onnx_model
@@ -63,9 +62,9 @@ def test_a_missing_converter_names_the_package_and_the_extra(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(trained_baseline):
     """The baseline after one epoch on 200 drawn faces, so its weights and batch-norm statistics are not initial."""
-    return briefly_trained_baseline()
+    return trained_baseline
 
 
 @pytest.mark.slow

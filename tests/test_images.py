@@ -171,10 +171,13 @@ def serve_decode(data: bytes) -> np.ndarray | None:
 
 
 def result_or_image_error(decode, data: bytes) -> None:
+    """`decode(data)` gives 8-bit 48x48 faces (one, or N x 48 x 48), or an ImageError of one line: nothing else."""
     try:
-        decode(data)
+        faces = decode(data)
     except ImageError as err:
         assert str(err) and "\n" not in str(err)
+    else:
+        assert faces.dtype == np.uint8 and faces.shape[-2:] == (48, 48) and faces.ndim in (2, 3), faces.shape
 
 
 mutated = st.builds(

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import active_store, briefly_trained_baseline
+from conftest import active_store
 from fer.data.synthetic import make_faces
 from fer.models import with_flip_averaging, with_temperature
 from fer.serving.photo_service import find_keras_file
@@ -29,9 +29,9 @@ def _faces(count: int = 16) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(trained_baseline):
     """The compiled baseline after one epoch of Adam: its optimizer holds two slots per weight."""
-    return briefly_trained_baseline()
+    return trained_baseline
 
 
 def test_a_compiled_networks_own_save_carries_the_optimizer(trained, tmp_path):

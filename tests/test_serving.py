@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import active_store, briefly_trained_baseline, start_model_server, stop_process_group
+from conftest import active_store, start_model_server, stop_process_group
 from fer.serving import faces as fer_faces
 from fer.data import images
 from fer.serving import photo_service
@@ -188,13 +188,13 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(store):
+def served(store, trained_baseline):
     """(model URI, the Keras network, the loaded pyfunc): baseline trained one epoch, logged as a service model.
 
     One short epoch on drawn faces, so the weights are not just their initial values.
     """
     _, folder = store
-    network = briefly_trained_baseline()
+    network = trained_baseline
     keras_path = folder / "network" / "model.keras"
     keras_path.parent.mkdir()
     network.save(keras_path)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from conftest import ROOT, active_store, briefly_trained_baseline
+from conftest import ROOT, active_store
 
 from fer.serving import faces as fer_faces
 from fer.serving import video
@@ -419,11 +419,11 @@ def test_cli_refuses_video_options_for_photos_and_several_videos(videos, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, trained_baseline):
     """A temporary SQLite tracking store for this module (MLFLOW_TRACKING_URI too), and a trained baseline network."""
     folder = tmp_path_factory.mktemp("video-store")
     with active_store(folder):
-        yield folder, briefly_trained_baseline()
+        yield folder, trained_baseline
 
 
 def network_rows(network, path, every: int = 1) -> dict[int, list[tuple[tuple, np.ndarray]]]:
