@@ -1,0 +1,130 @@
+"""Fault injection (issue #27): full disks, unwritable targets, concurrent sittings and kills, without root.
+
+A full disk is a child process under `RLIMIT_FSIZE` with SIGXFSZ ignored (its
+writes past the limit fail with EFBIG, as they would with ENOSPC on a full
+disk), or a write patched to raise ENOSPC. An unwritable target is a path
+under a regular file (we may run as root, to whom a chmod 0o500 folder is
+writable) or a patched PermissionError. Each test reproduces a defect of the
+issue first; the fix makes it pass.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT
+from fer.utils.atomic import OutputError, atomic_output, write_atomic
+
+# A child running `fer predict` with a fixed classifier (no model to load) under a file-size limit.
+PREDICT_UNDER_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    import numpy as np
+    import fer.serving.predict as predict, fer.tracking as tracking
+    from fer.cli import main
+
+    predict.load_face_model = lambda uri: (lambda faces: np.full((len(faces), 8), 1 / 8))
+    tracking.configure_tracking = lambda *args, **kwargs: None
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of a kill
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    main(["predict", "-m", "any-model", *sys.argv[2:]])
+""")
+
+
+def run_child(code: str, *args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    from test_video import write_video
+
+    path = tmp_path_factory.mktemp("faults") / "faces.mp4"
+    write_video(path, frames=20)
+    return path
+
+
+# 1. Atomic outputs -------------------------------------------------------------------------------------------------
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_and_says_disk_full(tmp_path):
+    target = write_atomic(tmp_path / "report.csv", "old\n")
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=r"^Cannot write the CSV to .*report.csv: disk full"):
+        with atomic_output(target, "the CSV") as temporary:
+            temporary.write_text("half a new fi")
+            full_disk()
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["report.csv"]
+
+
+def test_a_target_under_a_regular_file_is_one_line_saying_so(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="a part of the path is a file, not a folder") as caught:
+        write_atomic(tmp_path / "file" / "sub" / "out.onnx", b"model", "the exported model")
+    assert "\n" not in str(caught.value) and str(tmp_path / "file" / "sub" / "out.onnx") in str(caught.value)
+
+
+def test_permission_denied_and_interrupted_writes_leave_nothing(tmp_path, monkeypatch):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "a.png") as temporary:
+            temporary.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+    def refused(source, target):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OutputError, match="permission denied"):
+        write_atomic(tmp_path / "b.png", b"png")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # a child process that decodes and encodes a video
+def test_predict_annotate_on_a_full_disk_exits_1_with_one_line_and_keeps_the_old_video(video, tmp_path):
+    old = tmp_path / "out.mp4"
+    old.write_bytes(b"the old annotated video")
+    result = run_child(PREDICT_UNDER_LIMIT, 30_000, video, "--annotate", old, "--csv", tmp_path / "rows.csv",
+                       cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Cannot write the annotated video to" in error[0] and "incomplete" in error[0]
+    assert "Traceback" not in result.stderr and "annotated:" not in result.stderr
+    assert old.read_bytes() == b"the old annotated video"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow  # a child process that decodes a video
+def test_predict_csv_on_a_full_disk_exits_1_with_one_line_and_no_torn_csv(video, tmp_path):
+    result = run_child(PREDICT_UNDER_LIMIT, 2_000, video, "--csv", tmp_path / "rows.csv", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"Error: Cannot write the CSV to {tmp_path / 'rows.csv'}: file too large" in result.stderr
+    assert not (tmp_path / "rows.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rows")] == []
+
+
+def test_predict_csv_under_a_regular_file_is_a_one_line_error(video, tmp_path, monkeypatch):
+    import numpy as np
+
+    import fer.serving.predict as predict
+    from fer.cli import main
+
+    monkeypatch.setattr(predict, "load_face_model", lambda uri: (lambda faces: np.full((len(faces), 8), 1 / 8)))
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["predict", "-m", "m", str(video), "--csv", str(tmp_path / "file" / "rows.csv")])
+    assert result.exit_code == 1 and "a part of the path is a file, not a folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
