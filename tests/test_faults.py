@@ -128,3 +128,51 @@ def test_predict_csv_under_a_regular_file_is_a_one_line_error(video, tmp_path, m
     result = CliRunner().invoke(main, ["predict", "-m", "m", str(video), "--csv", str(tmp_path / "file" / "rows.csv")])
     assert result.exit_code == 1 and "a part of the path is a file, not a folder" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_int8_copy_that_fails_on_a_full_disk_leaves_the_old_copy(tmp_path, monkeypatch):
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from fer.export.quantization import quantize
+
+    def half_written(source, destination, **options):
+        Path(destination).write_bytes(b"\x08\x01half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(quantization, "quant_pre_process", lambda source, target, **options: Path(target).write_bytes(b"m"))
+    monkeypatch.setattr(quantization, "quantize_dynamic", half_written)
+    source, destination = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    source.write_bytes(b"model")
+    destination.write_bytes(b"the old int8 copy")
+    with pytest.raises(OutputError, match=r"Cannot write the int8-dynamic copy to .*m.int8.onnx: disk full"):
+        quantize(source, destination, "int8-dynamic")
+    assert destination.read_bytes() == b"the old int8 copy" and sorted(os.listdir(tmp_path)) == ["m.int8.onnx", "m.onnx"]
+
+
+@pytest.mark.slow  # trains a tiny network and exports it three times
+def test_fer_export_twice_logs_one_value_per_export_and_bad_targets_are_one_line(in_process, tmp_path):
+    import keras
+
+    from fer.cli import main
+    from fer.config import load_config
+    from fer.training.train import train
+
+    pytest.importorskip("onnxruntime")
+    run_id = train(load_config("phase1", {"data": "synthetic:96", "epochs": 1, "batch_size": 32}), experiment="x")
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["export", run_id, "-o", str(tmp_path / "m.onnx")])
+        assert result.exit_code == 0, result.output
+    history = in_process.get_metric_history(run_id, "export_onnx_val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1]  # not twice at step 0
+
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["export", run_id, "--no-log", "-o", str(tmp_path / "file" / "m.onnx")])
+    assert result.exit_code == 1 and "a part of the path is a file, not a folder" in result.output
+    assert "Traceback" not in result.output
+
+    folder = tmp_path / "not-a-face-model"
+    folder.mkdir()
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(8)]).save(folder / "m.keras")
+    result = CliRunner().invoke(main, ["export", str(folder), "--data", "synthetic:64", "--no-log"])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and "Traceback" not in result.output and len(errors) == 1
+    assert "takes input (None, 32, 32, 3), not fer's faces (None, 48, 48, 1)" in errors[0]
