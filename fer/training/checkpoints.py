@@ -43,6 +43,7 @@ from mlflow.exceptions import MlflowException
 
 from fer.config import TrainConfig, from_dict
 from fer.data.cache import default_cache_dir
+from fer.utils.atomic import atomic_output, write_atomic
 
 PARAM_PREFIX = "config."
 METADATA = "training_metadata.json"
@@ -180,11 +181,9 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 def save_checkpoint(model: keras.Model, directory: Path, epoch: int, history: dict, callbacks: dict) -> None:
     """Write the checkpoint of `epoch`; the previous one stays usable until this one is complete."""
-    directory.mkdir(parents=True, exist_ok=True)
     weights_name = f"epoch-{epoch:04d}.weights.h5"
-    partial = directory / f"partial-{weights_name}"  # Keras wants the .weights.h5 ending
-    model.save_weights(partial, overwrite=True)
-    os.replace(partial, directory / weights_name)
+    with atomic_output(directory / weights_name, "the checkpoint's weights") as partial:
+        model.save_weights(partial, overwrite=True)
     metadata = {
         "epoch": epoch,
         "weights": weights_name,
@@ -195,7 +194,7 @@ def save_checkpoint(model: keras.Model, directory: Path, epoch: int, history: di
     current = directory / METADATA
     if current.exists():
         os.replace(current, directory / PREVIOUS_METADATA)
-    _write_atomically(current, json.dumps(metadata))
+    write_atomic(current, json.dumps(metadata), "the checkpoint's metadata")
     _remove_unreferenced_weights(directory)
 
 
@@ -209,15 +208,6 @@ def _remove_unreferenced_weights(directory: Path) -> None:
     for path in directory.glob("*.weights.h5"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -315,8 +305,8 @@ def fetch_checkpoint(client: MlflowClient, run_id: str, directory: Path) -> bool
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(run_id, ARTIFACT_PATH, tmp))
         for name in sorted(names, key=lambda n: n.endswith(".json")):  # metadata last: it names weights
-            shutil.copyfile(local / name, directory / f".{name}.tmp")
-            os.replace(directory / f".{name}.tmp", directory / name)
+            with atomic_output(directory / name, "the downloaded checkpoint") as copy:
+                shutil.copyfile(local / name, copy)
     return True
 
 

@@ -38,28 +38,35 @@ REASONS = {
 }
 
 
-class OutputError(RuntimeError):
+class OutputError(OSError):
     """A file could not be written; the message is one line: what, where, why (and what to do).
 
     `errno` is the OSError's number when there was one. Commands turn it into
-    an error message and exit status 1; nothing torn is left at `path`.
+    an error message and exit status 1; nothing torn is left at `path`. An
+    OSError still, so code that goes on without an optional file (the data
+    cache) catches it as before.
 
     >>> str(OutputError("the CSV", "out/p.csv", "disk full"))
     'Cannot write the CSV to out/p.csv: disk full'
     """
 
     def __init__(self, what: str, path: str | Path, why: str, errno_: int | None = None):
-        self.what, self.path, self.why, self.errno = what, Path(path), why, errno_
         super().__init__(f"Cannot write {what} to {path}: {why}")
+        self.what, self.path, self.why, self.errno = what, Path(path), why, errno_
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def output_error(err: OSError, what: str, path: str | Path) -> OutputError:
-    """The OutputError for `err`, an OSError met while writing `what` to `path`.
+    """The OutputError for `err`, an OSError met while writing `what` to `path` (an OutputError as it is).
 
     >>> import errno
     >>> output_error(OSError(errno.ENOSPC, "No space left on device"), "the CSV", "p.csv").why.split(" (")[0]
     'disk full'
     """
+    if isinstance(err, OutputError):
+        return err
     why = REASONS.get(err.errno) or (err.strerror or str(err) or type(err).__name__)
     return OutputError(what, path, why, err.errno)
 
@@ -93,8 +100,9 @@ class AtomicOutput:
         self.path, self.what, self.sync = Path(path), what, sync
         make_parent(self.path, what)
         # The suffix is kept: encoders and exporters choose their format by it.
+        # The last two suffixes are kept: Keras wants ".weights.h5", encoders and exporters go by the last.
         self.temporary = self.path.with_name(
-            f".{self.path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp{self.path.suffix}")
+            f".{self.path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp{''.join(self.path.suffixes[-2:])}")
 
     def commit(self) -> Path:
         """Sync the written output and rename it to `path`; OutputError (and nothing left behind) if that fails."""
@@ -128,8 +136,8 @@ class AtomicOutput:
 def atomic_output(path: str | Path, what: str = "the file", *, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it is synced and renamed to `path`.
 
-    The temporary name keeps `path`'s suffix (encoders and exporters choose
-    their format by it). It may become a file or a folder (a SavedModel): a
+    The temporary name keeps `path`'s suffixes (encoders and exporters choose
+    their format by them). It may become a file or a folder (a SavedModel): a
     folder replaces an old folder at `path` too. On any exception, the
     temporary output is removed and `path` is left as it was; an OSError
     (from the block, the sync or the rename) is raised as OutputError.
