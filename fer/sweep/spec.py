@@ -226,6 +226,15 @@ def _check_pruner(pruner: dict, path: Path) -> None:
     if kind == "threshold" and "lower" not in pruner and "upper" not in pruner:
         raise ConfigError(f"{path}: a threshold pruner needs lower or upper (the per-epoch bounds of the "
                           "objective's validation metric).")
+    for key in ("lower", "upper"):  # Optuna would take a string and fail at its first report, mid-study
+        value = pruner.get(key)
+        if key in pruner and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):
+            raise ConfigError(f"{path}: pruner.{key} must be a number (a bound of the objective's validation "
+                              f"metric, e.g. {key}: 0.3); got {value!r}.")
+    if isinstance(pruner.get("lower"), (int, float)) and isinstance(pruner.get("upper"), (int, float)) and not (
+            pruner["lower"] < pruner["upper"]):
+        raise ConfigError(f"{path}: pruner.lower must be below pruner.upper; got {pruner['lower']!r} and "
+                          f"{pruner['upper']!r}.")
 
 
 def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension, ...]:
@@ -235,7 +244,11 @@ def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension
                           "`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`.")
     defaults = TrainConfig().to_params()
     dimensions = []
-    for key, spec in flatten(space, is_value=_is_entry).items():
+    entries = flatten(space, is_value=_is_entry)
+    for key in _empty_sections(space):
+        raise ConfigError(f"{path}: space.{key} is an empty section: name the settings under it to search, e.g. "
+                          f"`{key}: {{rotation: {{low: 0, high: 20}}}}`, or remove it.")
+    for key, spec in entries.items():
         entry = f"space.{key} in {path}"
         if key not in defaults:
             raise ConfigError(f"{entry}: {key!r} is not a setting; settings are {sorted(defaults)}.")
@@ -248,6 +261,15 @@ def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension
             load_config(phase, {**shared, key: value}, entry)
         dimensions.append(dimension)
     return tuple(dimensions)
+
+
+def _empty_sections(space: dict, prefix: str = "") -> list[str]:
+    """The nested sections of `space` with nothing under them (flattening would drop them silently)."""
+    empty = []
+    for key, value in space.items():
+        if isinstance(value, dict) and not _is_entry(value):
+            empty += _empty_sections(value, f"{prefix}{key}.") if value else [f"{prefix}{key}"]
+    return empty
 
 
 def _is_entry(mapping: dict) -> bool:
@@ -279,6 +301,9 @@ def _dimension(key: str, spec, kind: type, entry: str) -> Dimension:
         raise ConfigError(f"{entry}: a log range needs low above 0 and no step; got {spec!r:.80}.")
     if step is not None and step <= 0:
         raise ConfigError(f"{entry}: step must be positive; got {step!r}.")
+    if step is not None and step > high - low:  # the range would hold only `low`: nothing searched
+        raise ConfigError(f"{entry}: step {step!r} is larger than the range {low!r} to {high!r}; give a step of at "
+                          f"most {high - low:g}.")
     integer = kind is int
     if integer and any(float(v) != int(v) for v in numbers):
         raise ConfigError(f"{entry}: {key} is a whole-number setting: low, high and step must be whole; "
