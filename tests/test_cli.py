@@ -186,6 +186,8 @@ def test_readme_parameter_table_lists_every_training_parameter_with_its_option_v
         (["predict", "--model", "models:/fer-emotion@champion", __file__],
          "No such option '--model'. (Did you mean one of: '--help', '--model-uri'?)"),
         (["train"], "Missing argument 'PHASE'"),
+        (["train", "phase1", "--data", "synthetic:abc"], "'synthetic:N' needs a whole number N >= 8"),
+        (["sweep", "--data", "synthetic:abc"], "'synthetic:N' needs a whole number N >= 8"),
         (["--no-such-option"], "No such option '--no-such-option'"),
     ],
 )

@@ -93,9 +93,8 @@ def load_checkpoint(directory: Path) -> SavedCheckpoint | None:
         return saved
     if problems:
         raise ResumeError(
-            f"No usable checkpoint in {directory}: " + "; ".join(problems) + ". Resuming would repeat "
-            "epochs already logged; start a new run with the same configuration instead "
-            "(fer train <phase> with the run's settings), or restore the folder from a backup."
+            f"No usable checkpoint in {directory}: " + "; ".join(problems) + "; start a new run with the same "
+            "configuration instead (fer train <phase> with the run's settings), or restore the folder from a backup."
         )
     return None
 
@@ -347,11 +346,14 @@ def resumable_checkpoint(client: MlflowClient, run_id: str) -> SavedCheckpoint |
     if run.info.status == "FINISHED":
         raise ResumeError(f"Run {run_id} already FINISHED; there is nothing to resume.")
     directory = checkpoint_dir(run_id)
-    saved = load_checkpoint(directory)
-    if saved is None and fetch_checkpoint(client, run_id, directory):
-        print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
-        saved = load_checkpoint(directory)
     logged = client.get_metric_history(run_id, "loss")
+    try:
+        saved = load_checkpoint(directory)
+        if saved is None and fetch_checkpoint(client, run_id, directory):
+            print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
+            saved = load_checkpoint(directory)
+    except ResumeError as err:
+        raise ResumeError(_unusable(err, run_id, len(logged), directory)) from None
     if saved is not None and len(logged) > saved.epoch:
         warnings.warn(
             f"Run {run_id} logged {len(logged)} epochs but its checkpoint holds {saved.epoch} (an upload every "
@@ -367,6 +369,17 @@ def resumable_checkpoint(client: MlflowClient, run_id: str) -> SavedCheckpoint |
             "or start a new run."
         )
     return saved
+
+
+def _unusable(err: ResumeError, run_id: str, logged: int, directory: Path) -> str:
+    """Why a resume without a usable checkpoint is refused: it would repeat logged epochs, or there are none."""
+    problems = str(err).split("; start a new run")[0]
+    if logged:
+        return (f"{problems}. Run {run_id} logged {logged} epochs: resuming without its checkpoint would repeat "
+                "them; start a new run with the same configuration (fer train <phase> with the run's settings), or "
+                "restore the folder from a backup.")
+    return (f"{problems}. No epoch of run {run_id} reached the tracking server, so nothing would be repeated: "
+            f"remove {directory} and resume again to train it from its first epoch, or start a new run.")
 
 
 def fill_metric_gaps(client: MlflowClient, run_id: str, history: dict[str, list[float]]) -> int:
