@@ -176,3 +176,40 @@ def test_fer_export_twice_logs_one_value_per_export_and_bad_targets_are_one_line
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert result.exit_code == 1 and "Traceback" not in result.output and len(errors) == 1
     assert "takes input (None, 32, 32, 3), not fer's faces (None, 48, 48, 1)" in errors[0]
+
+
+# 2. One sitting at a time ------------------------------------------------------------------------------------------
+
+HOLD_RESUME_LOCK = textwrap.dedent("""
+    import sys, time
+    from fer.training.checkpoints import resume_lock
+
+    with resume_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_second_resume_of_a_run_being_resumed_exits_1_naming_the_holder(tmp_path, monkeypatch):
+    from fer.cli import main
+
+    monkeypatch.setenv("FER_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.chdir(tmp_path)
+    run_id = "0123456789abcdef0123456789abcdef"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RESUME_LOCK, run_id], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(main, ["train", "phase1", "--resume", run_id])
+        assert result.exit_code == 1, result.output
+        assert f"run {run_id} is being resumed by pid {holder.pid} on host" in result.output
+        assert "Traceback" not in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its holder dead (SIGKILL), the lock is free at once: no stale lock to clear by hand.
+    from fer.training.checkpoints import resume_lock
+
+    with resume_lock(run_id):
+        pass

@@ -27,6 +27,7 @@ machine that reaches the tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from fer.config import TrainConfig, from_dict
 from fer.data.cache import default_cache_dir
 from fer.utils.atomic import atomic_output, write_atomic
+from fer.utils.locks import LockHeld, SittingLock
 
 PARAM_PREFIX = "config."
 METADATA = "training_metadata.json"
@@ -58,6 +60,31 @@ class ResumeError(RuntimeError):
 def checkpoint_dir(run_id: str) -> Path:
     root = os.environ.get("FER_CHECKPOINT_DIR") or default_cache_dir() / "checkpoints"
     return Path(root) / run_id
+
+
+@contextlib.contextmanager
+def resume_lock(run_id: str):
+    """Hold run `run_id`'s resume lock for the block: one sitting of a run at a time, on this machine's checkpoints.
+
+    A second `fer train --resume <id>` (a re-send of the outbox included) while
+    one is going would log a second model and every metric twice: it fails at
+    once with a ResumeError naming the holder ("run <id> is being resumed by pid
+    N on host H since ..."). The lock is a file beside the checkpoint folder;
+    the kernel releases it when its holder dies, so a killed sitting never blocks.
+
+    Example:
+        with resume_lock(run_id):
+            train(config, resume=run_id)
+    """
+    lock = SittingLock(checkpoint_dir(run_id).with_name(f".{run_id}.lock"), f"run {run_id} is being resumed")
+    try:
+        lock.acquire()
+    except LockHeld as err:
+        raise ResumeError(str(err)) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ above; the other workers train in step with it and never touch MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -73,6 +74,7 @@ from fer.training.checkpoints import (
     fill_metric_gaps,
     restore,
     resumable_checkpoint,
+    resume_lock,
     upload_checkpoint,
 )
 from fer.config import TrainConfig
@@ -142,6 +144,14 @@ def train(
     if not distribute.is_chief():
         _train_worker(config, use_cache)
         return None
+    # One sitting of a run at a time: a second resume (or outbox re-send) of it is refused, naming the first.
+    with resume_lock(resume) if resume else contextlib.nullcontext():
+        return _train_chief(config, experiment, use_cache, resume, callbacks, parent_run_id, run_name, tags)
+
+
+def _train_chief(config: TrainConfig, experiment, use_cache, resume, callbacks, parent_run_id, run_name,
+                 tags) -> str:
+    """Steps 1-9 of `train` (its arguments, as given): the run on the chief, or on the one machine."""
     configure_tracking(experiment)
     client = MlflowClient()
     config, resumed = _resume(client, resume, config) if resume else (config, None)
