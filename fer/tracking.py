@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,6 +17,7 @@ except ImportError:  # Windows: no advisory locks; one process at a time there
     fcntl = None
 
 DEFAULT_EXPERIMENT = "fer"
+INIT_ATTEMPTS = 8  # tries at creating a new SQLite store while another process creates it (about 18 s in all)
 
 # Tags every project run carries, so compare and promote can find runs by meaning.
 TAG_PHASE = "fer.phase"
@@ -209,13 +211,21 @@ def _initialize_sqlite_store(uri: str) -> None:
 
     MLflow creates the tables on first use; several processes started together
     on a new mlflow.db would race to create them ("table already exists").
-    One at a time, each finds the tables there or creates them.
+    One at a time, each finds the tables there or creates them; one that
+    collides with a process outside fer (which takes no lock) tries again.
     """
     database = Path(uri[len("sqlite:///"):].split("?")[0])
     if fcntl is None or not database.parent.is_dir():
         return
     with open(database.with_name(database.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(Exception):  # a real problem shows at the first real call
-            MlflowClient(uri).search_experiments(max_results=1)
+        # A process that does not take this lock (`mlflow ui`, a query, `mlflow run` itself) may be creating
+        # the tables at the same moment: its half-done migration fails ours ("table ... already exists"),
+        # so try again until it has finished. A real problem shows at the first real call.
+        for attempt in range(INIT_ATTEMPTS):
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)
+                break
+            except Exception:
+                time.sleep(0.5 * (attempt + 1))
         fcntl.flock(lock, fcntl.LOCK_UN)

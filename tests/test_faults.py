@@ -213,3 +213,111 @@ def test_a_second_resume_of_a_run_being_resumed_exits_1_naming_the_holder(tmp_pa
 
     with resume_lock(run_id):
         pass
+
+
+# 3-4. Sweeps: Ctrl-C while a trial logs, two sittings at once, a sitting killed outright --------------------------
+
+
+def tiny_sweep(folder: Path, epochs: int = 1) -> Path:
+    from test_sweep import write_sweep
+
+    return write_sweep(folder, settings={"data": "synthetic:64", "batch_size": 32, "epochs": epochs})
+
+
+@pytest.mark.slow  # trains one sweep trial
+def test_ctrl_c_while_a_trial_logs_its_results_ends_trial_and_parent_killed_without_traceback(
+        in_process, tmp_path, monkeypatch, capfd):
+    import optuna
+
+    import fer.training.train as training
+    from fer.sweep import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_log_history", interrupted)  # after the epochs, while results are logged
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_sweep(runner.load_sweep(str(tiny_sweep(tmp_path)), trials=1), experiment="faults")
+    parent = in_process.search_runs([in_process.get_experiment_by_name("faults").experiment_id],
+                                    filter_string=f"tags.`{runner.TAG_ROLE}` = 'parent'")[0]
+    trial = in_process.search_runs([parent.info.experiment_id],
+                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")[0]
+    assert (parent.info.status, trial.info.status) == ("KILLED", "KILLED")
+    assert trial.data.tags[runner.TAG_TRIAL_STATE] == "FAIL"
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+SWEEP_COMMAND = ["-m", "fer.cli", "sweep", "--name", "same", "--trials", "1"]
+
+
+def running_trial_with_an_epoch(client, experiment: str):
+    try:  # this client takes no lock: on a new store it may collide with the sitting creating the tables
+        found = client.get_experiment_by_name(experiment)
+    except Exception:
+        return None
+    if found is None:
+        return None
+    for run in client.search_runs([found.experiment_id], filter_string="tags.`fer.sweep_role` = 'trial'"):
+        if run.info.status == "RUNNING" and "loss" in run.data.metrics:
+            return run
+    return None
+
+
+@pytest.mark.slow  # real sittings as processes: one SIGKILLed mid-trial, one refused, one that cleans up
+def test_a_second_sitting_is_refused_and_a_sigkilled_sitting_s_trial_is_killed_and_cleaned_on_rerun(tmp_path):
+    import time
+
+    import optuna
+    from mlflow import MlflowClient
+
+    path = tiny_sweep(tmp_path, epochs=40)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri,
+           "FER_CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "FER_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, *SWEEP_COMMAND, str(path), "--experiment", "faults"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    client = MlflowClient(uri)
+    try:
+        deadline = time.monotonic() + 240
+        while (trial := running_trial_with_an_epoch(client, "faults")) is None:
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(1)
+        second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 1, second.stderr
+        assert f"sweep 'same' is being run by pid {first.pid} on host" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert (tmp_path / "checkpoints" / trial.info.run_id).is_dir()  # what the killed trial left
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    killed = client.get_run(trial.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags["fer.sweep_trial_state"] == "FAIL"
+    assert not (tmp_path / "checkpoints" / trial.info.run_id).exists()
+    study = optuna.load_study(study_name="same", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    parent = client.search_runs([killed.info.experiment_id], filter_string="tags.`fer.sweep_role` = 'parent'")[0]
+    assert parent.info.status == "FINISHED"
+
+
+# 6. A new tracking store, created by several processes at once ---------------------------------------------------
+
+FER_PROCESS = "from fer.tracking import configure_tracking; configure_tracking('x'); import mlflow; mlflow.search_runs()"
+OUTSIDE_PROCESS = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+
+
+@pytest.mark.slow  # starts three Python processes, twice
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_processes_started_together_on_a_new_store_all_find_it_ready(tmp_path, attempt):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri}
+    started = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                                text=True) for code in (FER_PROCESS, FER_PROCESS, OUTSIDE_PROCESS)]
+    errors = [process.communicate(timeout=240)[1] for process in started]
+    for process, error in zip(started[:2], errors):  # fer's processes; the outside one takes its chances
+        assert process.returncode == 0, error

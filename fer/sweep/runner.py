@@ -24,10 +24,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
+import secrets
+import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -61,6 +66,7 @@ from mlflow.tracking.context import registry as run_context
 
 from fer.sweep.plots import plot_study
 from fer.sweep.spec import Objective, SweepSpec, load_sweep  # noqa: F401  (load_sweep: `runner.load_sweep` as before)
+from fer.utils.locks import LockHeld, SittingLock
 
 TAG_SWEEP = "fer.sweep"  # the sweep's name, on the parent and on every trial
 TAG_ROLE = "fer.sweep_role"  # parent | trial
@@ -74,6 +80,8 @@ PARENT_ATTR = "mlflow_parent_run_id"  # the parent run's id, as a user attribute
 
 # Heartbeats let a later sitting fail the trials of a sitting that was killed outright (SIGKILL, power).
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
+SITTING_ATTR = "fer.sitting"  # host/pid of the sitting that runs a trial, as a user attribute of the trial
+COUNTED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
 class SweepError(RuntimeError):
@@ -132,6 +140,103 @@ def _pruner(pruner: dict) -> optuna.pruners.BasePruner:
     if pruner["type"] == "threshold":
         return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
+
+
+def sitting_lock(name: str, storage: str):
+    """The lock one sitting of sweep `name` holds: a file beside a SQLite study (`.optuna.db.<name>.lock`).
+
+    A second sitting on the same study file fails at once with SweepError
+    naming the holder (pid, host, since). A server database (PostgreSQL, MySQL)
+    takes no lock: sittings on several machines then share the study as
+    parallel workers (see `reconcile` and the trial budget in `run_sweep`).
+
+    Example:
+        with sitting_lock("tiny", "sqlite:////data/runs/optuna.db"):
+            ...
+    """
+    if not _is_local(storage):
+        return contextlib.nullcontext()
+    database = Path(storage[len("sqlite:///"):].split("?")[0])
+    return _SweepLock(database.with_name(f".{database.name}.{name}.lock"), f"sweep {name!r} is being run")
+
+
+class _SweepLock(SittingLock):
+    def acquire(self):
+        try:
+            return super().acquire()
+        except LockHeld as err:
+            raise SweepError(f"{err}. Sittings of one sweep on several machines share a server database "
+                             "(--storage postgresql://...).") from None
+
+
+def _is_local(storage: str) -> bool:
+    return storage.startswith("sqlite:///")
+
+
+def reconcile(study: optuna.Study, client: MlflowClient, parent_id: str, local: bool) -> int:
+    """End what a dead sitting left RUNNING, in Optuna (FAIL) and MLflow (KILLED); the trials running elsewhere.
+
+    A trial's sitting is dead when it ran on this host and its pid is gone, when
+    its heartbeat is older than the grace period, or, for a study in a local
+    SQLite file, always (this sitting holds the sweep's lock, so no other
+    sitting can be running). Each dead trial's run is ended KILLED with
+    `fer.sweep_trial_state=FAIL` and `fer.killed_because`, whatever the delay;
+    the checkpoint folders of the parent's unfinished trial runs are removed
+    (a failed trial is run again as a new trial, never resumed). Returns how
+    many trials are still running in live sittings (on other machines).
+    """
+    live_numbers = set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        why = _dead_sitting(study, trial, local)
+        if why is None:
+            live_numbers.add(trial.number)
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fer.failed_because", why)
+        study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        print(f"Sweep trial {trial.number}: {why}; marked FAIL.")
+    from fer.training.checkpoints import checkpoint_dir  # TensorFlow loads with it; the trials need it anyway
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        number = run.data.tags.get(TAG_TRIAL)
+        if number is not None and int(number) in live_numbers:
+            continue
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "FAIL")
+            client.set_tag(run.info.run_id, "fer.killed_because", "its sweep sitting ended without finishing it "
+                                                                  "(killed, or the machine stopped)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"Sweep trial run {run.info.run_id} (trial {number}) was left RUNNING by a dead sitting: KILLED.")
+        if run.info.status != "FINISHED":
+            shutil.rmtree(checkpoint_dir(run.info.run_id), ignore_errors=True)
+    return len(live_numbers)
+
+
+def _dead_sitting(study: optuna.Study, trial: optuna.trial.FrozenTrial, local: bool) -> str | None:
+    """Why `trial`'s sitting is dead (a sentence), or None while it may be alive."""
+    host, _, pid = str(trial.user_attrs.get(SITTING_ATTR, "")).rpartition("/")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return f"its sitting (pid {pid} on host {host}) is gone"
+    if local:
+        return "its sitting ended without finishing it (no other sitting holds this study's lock)"
+    stale = getattr(study._storage, "_get_stale_trial_ids", None)  # Optuna's RDB storage keeps heartbeats
+    if stale is not None and trial._trial_id in stale(study._study_id):
+        return f"its sitting's heartbeat stopped more than {GRACE_SECONDS} s ago"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _this_sitting() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -286,33 +391,45 @@ def run_sweep(
     experiment_name = experiment_in_use(client, experiment)  # inside `mlflow run`: its run's experiment
     experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     storage = storage or default_storage(mlflow.get_tracking_uri())
+    with sitting_lock(spec.name, storage):
+        return _sitting(spec, client, experiment_name, experiment_id, storage, use_cache)
+
+
+def _sitting(spec: SweepSpec, client: MlflowClient, experiment_name: str, experiment_id: str, storage: str,
+             use_cache: bool) -> SweepResult:
+    """One sitting of `run_sweep`, holding the sweep's lock: the study and parent, the crash clean-up, the trials."""
     study = open_study(spec, storage)
     existing = find_parent(client, experiment_id, spec.name)
     check_pairing(study, existing, storage, spec.name)
     parent_id = open_parent(client, experiment_id, spec, storage, existing)
     study.set_user_attr(PARENT_ATTR, parent_id)
+    others = reconcile(study, client, parent_id, local=_is_local(storage))
+    if others:  # a sitting on another machine shares the study: draw apart from it, count its trials
+        study.sampler = optuna.samplers.TPESampler(seed=secrets.randbelow(2**31), n_startup_trials=spec.n_startup_trials)
+        print(f"Sweep {spec.name!r}: {others} trial(s) running in another sitting; this one joins as a parallel "
+              "worker (its own sampler seed).")
 
-    remaining = spec.trials - len(finished_trials(study))
+    remaining = spec.trials - len(finished_trials(study)) - others
     status = "FINISHED"
     try:
         if remaining > 0:
             deadline = time.monotonic() + 60 * spec.max_minutes if spec.max_minutes else None
             objective = _objective(spec, parent_id, experiment_name, use_cache, client, deadline)
             record = _record_trial(spec, parent_id, client)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _interrupts_without_traceback():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
                     objective,
                     n_trials=remaining,
                     timeout=60 * spec.max_minutes if spec.max_minutes else None,
                     catch=(ConfigError,),
-                    callbacks=[record, optuna.study.MaxTrialsCallback(
-                        spec.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
+                    # Trials running in another sitting count too: two sittings never run more than the budget.
+                    callbacks=[record, optuna.study.MaxTrialsCallback(spec.trials, states=COUNTED_STATES)],
                     gc_after_trial=True,
                 )
         else:
             print(f"Sweep {spec.name!r} already has its {spec.trials} trials; raise --trials to run more.")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, at any stage of a trial
         status = "KILLED"
         print(f"\nSweep {spec.name!r} interrupted; run the same command again to continue it.")
         raise
@@ -335,6 +452,7 @@ def _objective(spec: SweepSpec, parent_id: str, experiment: str, use_cache: bool
     from fer.training.train import train
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(SITTING_ATTR, _this_sitting())  # a later sitting tells a dead sitting's trials by it
         values = {d.key: d.suggest(trial) for d in spec.space}
         cap = _minutes_left(deadline, spec.settings.get("max_minutes"))
         config = spec.trial_config(values, f"sweep {spec.name}, trial {trial.number}", cap)
@@ -355,6 +473,29 @@ def _objective(spec: SweepSpec, parent_id: str, experiment: str, use_cache: bool
         return metrics[spec.objective.metric]
 
     return objective
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; Ctrl-C is no failure of the code: its line stays, not the trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _interrupts_without_traceback():
+    """For the block: Optuna's handlers print a Ctrl-C'd (or SIGTERM'd) trial's line without a traceback."""
+    handlers = logging.getLogger("optuna").handlers
+    quiet = _NoInterruptTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _minutes_left(deadline: float | None, setting) -> float | None:

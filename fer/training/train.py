@@ -167,7 +167,7 @@ def _train_chief(config: TrainConfig, experiment, use_cache, resume, callbacks, 
     nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id and not resume else {}
     run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
                                    run_id=resume, run_name=run_name, tags=None if resume else tags, **nested)
-    with run:
+    with run, _killed_if_interrupted(run.info.run_id):
         run_id = run.info.run_id
         if resume:
             _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
@@ -408,6 +408,22 @@ def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, dir
         f"Resume it with: fer train {config.phase} --resume {run_id}",
         file=sys.stderr,
     )
+
+
+@contextlib.contextmanager
+def _killed_if_interrupted(run_id: str):
+    """Ctrl-C or SIGTERM at any stage of the run (its header, its epochs, its logging after them) ends it KILLED.
+
+    MLflow's own `with start_run()` would end it FAILED: an interruption is not a failure.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:  # not yet ended KILLED by `_log_interrupted`
+            mlflow.end_run("KILLED")
+            print(f"\nRun {run_id} interrupted: ended KILLED.", file=sys.stderr)
+        raise
 
 
 def _run_name(config: TrainConfig) -> str:
