@@ -184,6 +184,9 @@ def reconcile(study: optuna.Study, client: MlflowClient, parent_id: str, local: 
     the checkpoint folders of the parent's unfinished trial runs are removed
     (a failed trial is run again as a new trial, never resumed). Returns how
     many trials are still running in live sittings (on other machines).
+
+    Example:
+        others = reconcile(study, MlflowClient(), parent_run_id, local=True)  # 0: no other sitting
     """
     live_numbers = set()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
