@@ -385,6 +385,12 @@ def run_sweep(
     again continues it. A trial whose sampled settings make an invalid
     configuration is failed and the sweep goes on; any other error stops it.
 
+    One sitting at a time on a SQLite study (`sitting_lock`: a second one is a
+    SweepError naming the first); each sitting first ends what a dead one left
+    running (`reconcile`). On a server database, sittings on several machines
+    run as parallel workers, each with its own sampler seed, trials running
+    anywhere counting against `spec.trials`.
+
     Example:
         result = run_sweep(load_sweep("sweep", {"data": "synthetic:400", "epochs": 2}, trials=3))
     """
