@@ -247,6 +247,7 @@ def test_ctrl_c_while_a_trial_logs_its_results_ends_trial_and_parent_killed_with
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["FAIL"]
     assert "Traceback" not in capfd.readouterr().err
+    assert not (tmp_path / "cache" / "checkpoints" / trial.info.run_id).exists()  # a failed trial is not resumed
 
 
 SWEEP_COMMAND = ["-m", "fer.cli", "sweep", "--name", "same", "--trials", "1"]

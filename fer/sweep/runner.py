@@ -197,7 +197,6 @@ def reconcile(study: optuna.Study, client: MlflowClient, parent_id: str, local: 
         study._storage.set_trial_user_attr(trial._trial_id, "fer.failed_because", why)
         study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
         print(f"Sweep trial {trial.number}: {why}; marked FAIL.")
-    from fer.training.checkpoints import checkpoint_dir  # TensorFlow loads with it; the trials need it anyway
 
     experiment_id = client.get_run(parent_id).info.experiment_id
     for run in client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
@@ -211,8 +210,14 @@ def reconcile(study: optuna.Study, client: MlflowClient, parent_id: str, local: 
             client.set_terminated(run.info.run_id, "KILLED")
             print(f"Sweep trial run {run.info.run_id} (trial {number}) was left RUNNING by a dead sitting: KILLED.")
         if run.info.status != "FINISHED":
-            shutil.rmtree(checkpoint_dir(run.info.run_id), ignore_errors=True)
+            _remove_checkpoint(run.info.run_id)
     return len(live_numbers)
+
+
+def _remove_checkpoint(run_id: str) -> None:
+    from fer.training.checkpoints import checkpoint_dir  # TensorFlow loads with it; the trials need it anyway
+
+    shutil.rmtree(checkpoint_dir(run_id), ignore_errors=True)
 
 
 def _dead_sitting(study: optuna.Study, trial: optuna.trial.FrozenTrial, local: bool) -> str | None:
@@ -589,6 +594,7 @@ def _log_summary(client: MlflowClient, parent_id: str, study: optuna.Study, spec
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         if run_id := trial.user_attrs.get(RUN_ID_ATTR) or _trial_run(client, parent_id, trial.number):
             client.set_tag(run_id, TAG_TRIAL_STATE, "FAIL")
+            _remove_checkpoint(run_id)  # a failed trial is run again as a new trial, never resumed
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if len(trials):
         client.log_text(parent_id, trials.to_csv(index=False), "trials.csv")

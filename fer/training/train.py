@@ -167,7 +167,8 @@ def _train_chief(config: TrainConfig, experiment, use_cache, resume, callbacks, 
     nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id and not resume else {}
     run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
                                    run_id=resume, run_name=run_name, tags=None if resume else tags, **nested)
-    with run, _killed_if_interrupted(run.info.run_id):
+    # A sweep's trial (nested under its parent) is not resumed: a new trial replaces it.
+    with run, _killed_if_interrupted(run.info.run_id, None if parent_run_id else config.phase):
         run_id = run.info.run_id
         if resume:
             _note_resume(client, run_id, config.max_minutes, first_epoch=resumed.epoch + 1 if resumed else 1)
@@ -411,7 +412,7 @@ def _log_interrupted(err: BaseException, history: dict, config: TrainConfig, dir
 
 
 @contextlib.contextmanager
-def _killed_if_interrupted(run_id: str):
+def _killed_if_interrupted(run_id: str, phase: str | None):
     """Ctrl-C or SIGTERM at any stage of the run (its header, its epochs, its logging after them) ends it KILLED.
 
     MLflow's own `with start_run()` would end it FAILED: an interruption is not a failure.
@@ -422,7 +423,8 @@ def _killed_if_interrupted(run_id: str):
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:  # not yet ended KILLED by `_log_interrupted`
             mlflow.end_run("KILLED")
-            print(f"\nRun {run_id} interrupted: ended KILLED.", file=sys.stderr)
+            hint = f" Resume it with: fer train {phase} --resume {run_id}" if phase else ""
+            print(f"\nRun {run_id} interrupted: ended KILLED.{hint}", file=sys.stderr)
         raise
 
 
