@@ -244,11 +244,10 @@ def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension
                           "`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`.")
     defaults = TrainConfig().to_params()
     dimensions = []
-    entries = flatten(space, is_value=_is_entry)
-    for key in _empty_sections(space):
-        raise ConfigError(f"{path}: space.{key} is an empty section: name the settings under it to search, e.g. "
-                          f"`{key}: {{rotation: {{low: 0, high: 20}}}}`, or remove it.")
-    for key, spec in entries.items():
+    if empty := _empty_sections(space):  # flattening would drop it: a trial that searches nothing
+        raise ConfigError(f"{path}: space.{empty[0]} is an empty section: name the settings under it to search, "
+                          f"e.g. `{empty[0]}: {{rotation: {{low: 0, high: 20}}}}`, or remove it.")
+    for key, spec in flatten(space, is_value=_is_entry).items():
         entry = f"space.{key} in {path}"
         if key not in defaults:
             raise ConfigError(f"{entry}: {key!r} is not a setting; settings are {sorted(defaults)}.")
