@@ -322,3 +322,23 @@ def test_processes_started_together_on_a_new_store_all_find_it_ready(tmp_path, a
     errors = [process.communicate(timeout=240)[1] for process in started]
     for process, error in zip(started[:2], errors):  # fer's processes; the outside one takes its chances
         assert process.returncode == 0, error
+
+
+def test_on_a_shared_study_a_dead_sitting_s_trial_fails_and_a_live_one_s_counts_against_the_budget(in_process):
+    """What `reconcile` does on a server database (no lock): by host and pid; a live trial is left running."""
+    import socket
+
+    import optuna
+
+    from fer.sweep import runner
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for pid in (int(dead.stdout), os.getpid()):  # a sitting that is gone, and this one (alive)
+        trial = study.ask()
+        trial.set_user_attr(runner.SITTING_ATTR, f"{socket.gethostname()}/{pid}")
+    parent = in_process.create_run(in_process.get_experiment_by_name("Default").experiment_id).info.run_id
+
+    assert runner.reconcile(study, in_process, parent, local=False) == 1
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+    assert "is gone" in study.trials[0].user_attrs["fer.failed_because"]
