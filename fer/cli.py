@@ -26,6 +26,7 @@ from fer.data.loading import describe_source
 from fer.data.splits import DataError, LabelMode
 from fer.tracking import DEFAULT_EXPERIMENT, TrackingServerError
 from fer.serving.video import DEFAULT_HALF_LIFE, DEFAULT_MAX_MISSED
+from fer.utils.atomic import OutputError, atomic_output
 
 # What a shell reports for a job its signal stopped (128 + the signal's number): `mlflow run`,
 # Kubernetes and scripts can tell an interruption from a failure (1) or a bad command line (2).
@@ -193,12 +194,14 @@ def _print_version(ctx, param, value):
 
 
 class _Commands(click.Group):
-    """Runs a command with SIGTERM raised as `Terminated`; Ctrl-C then exits 130, SIGTERM 143."""
+    """Runs a command with SIGTERM raised as `Terminated`; Ctrl-C then exits 130, SIGTERM 143, an OutputError 1."""
 
     def invoke(self, ctx):
         with _sigterm_raises_terminated():
             try:
                 return super().invoke(ctx)
+            except OutputError as err:  # a file for the user could not be written: one line, exit 1
+                raise click.ClickException(str(err)) from None
             except KeyboardInterrupt as err:
                 terminated = isinstance(err, Terminated)
                 click.echo("Stopped by SIGTERM." if terminated else "Interrupted (Ctrl-C).", err=True)
@@ -470,7 +473,7 @@ def _predict_photos(model_uri, files, annotate_dir):
 
 def _predict_video(model_uri, path, annotate, csv_path, every, half_life, max_missed):
     from fer.serving.predict import (
-        PredictError, VideoReader, check_annotate_path, load_face_model, predict_video, progress_printer,
+        VideoReader, VideoTruncated, check_annotate_path, load_face_model, predict_video, progress_printer,
         quiet_video_logs,
     )
     from fer.tracking import configure_tracking
@@ -491,20 +494,33 @@ def _predict_video(model_uri, path, annotate, csv_path, every, half_life, max_mi
         if csv_path != "-" and os.path.realpath(csv_path) in taken:
             raise click.BadParameter(f"{csv_path} is the video, or the annotated video: give another name",
                                      param_hint="--csv")
-        try:
-            out = click.open_file(csv_path, "w", encoding="utf-8")
-        except OSError as err:
-            raise PredictError(f"Cannot write the CSV to {csv_path}: {err.strerror or err}") from None
-        with out:
+        truncated = None
+        with _csv_output(csv_path) as out:
             configure_tracking()  # models:/ and runs:/ resolve against the project's store
             classify = load_face_model(model_uri)
-            summary = predict_video(classify, video, out, every=every, tracker=tracker, annotate=annotate,
-                                    progress=progress_printer(path))
+            try:
+                summary = predict_video(classify, video, out, every=every, tracker=tracker, annotate=annotate,
+                                        progress=progress_printer(path))
+            except VideoTruncated as err:  # the rows read are kept, as its message says
+                truncated = err
+    if truncated is not None:
+        raise truncated
     where = "standard output" if csv_path == "-" else csv_path
     click.echo(f"{path}: {summary.frames} frames, {summary.processed} processed, {summary.faces} face rows, "
                f"{summary.tracks} face ids, {summary.seconds:.1f} s; CSV: {where}", err=True)
     if summary.annotated is not None:
         click.echo(f"{path}: annotated: {summary.annotated}", err=True)
+
+
+@contextlib.contextmanager
+def _csv_output(csv_path: str):
+    """Standard output as it is, or the CSV file written beside its name and renamed into place when complete."""
+    if csv_path == "-":
+        yield click.get_text_stream("stdout")
+        return
+    with atomic_output(csv_path, "the CSV") as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="") as out:
+            yield out
 
 
 @main.command(name="export")

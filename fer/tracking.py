@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
+
+from fer.utils.locks import SittingLock
 
 try:
     import fcntl
@@ -16,6 +19,9 @@ except ImportError:  # Windows: no advisory locks; one process at a time there
     fcntl = None
 
 DEFAULT_EXPERIMENT = "fer"
+# What MLflow says while another process is half-way through creating a new store's tables.
+MIGRATING = ("already exists", "database is locked", "out-of-date database schema", "no such table")
+INIT_ATTEMPTS = 8  # tries at creating a new SQLite store while another process creates it (about 18 s in all)
 
 # Tags every project run carries, so compare and promote can find runs by meaning.
 TAG_PHASE = "fer.phase"
@@ -68,7 +74,10 @@ def configure_tracking(experiment: str | None = None) -> str:
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
     if experiment and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)
+        if uri.startswith("sqlite:///"):
+            _while_migrating(lambda: mlflow.set_experiment(experiment))
+        else:
+            mlflow.set_experiment(experiment)
     return mlflow.get_tracking_uri()
 
 
@@ -209,13 +218,26 @@ def _initialize_sqlite_store(uri: str) -> None:
 
     MLflow creates the tables on first use; several processes started together
     on a new mlflow.db would race to create them ("table already exists").
-    One at a time, each finds the tables there or creates them.
+    One at a time, each finds the tables there or creates them; one that
+    collides with a process outside fer (which takes no lock) tries again.
     """
     database = Path(uri[len("sqlite:///"):].split("?")[0])
     if fcntl is None or not database.parent.is_dir():
         return
-    with open(database.with_name(database.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(Exception):  # a real problem shows at the first real call
-            MlflowClient(uri).search_experiments(max_results=1)
-        fcntl.flock(lock, fcntl.LOCK_UN)
+    with SittingLock(database.with_name(database.name + ".lock"), "the tracking store is being created", wait=True):
+        # A process that does not take this lock (`mlflow ui`, a query, `mlflow run` itself) may be creating
+        # the tables at the same moment: its half-done migration fails ours ("table ... already exists"),
+        # so try again until it has finished. Any other problem shows at the first real call.
+        with contextlib.suppress(Exception):
+            _while_migrating(lambda: MlflowClient(uri).search_experiments(max_results=1))
+
+
+def _while_migrating(call):
+    """`call()`, tried again while another process is still creating the store's tables (`MIGRATING`)."""
+    for attempt in range(INIT_ATTEMPTS):
+        try:
+            return call()
+        except Exception as err:
+            if attempt == INIT_ATTEMPTS - 1 or not any(sign in str(err) for sign in MIGRATING):
+                raise
+            time.sleep(0.5 * (attempt + 1))

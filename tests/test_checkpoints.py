@@ -161,6 +161,23 @@ def test_a_run_without_an_uploaded_checkpoint_has_nothing_to_fetch(tmp_path, sto
     assert not (tmp_path / "dest").exists()
 
 
+def test_an_unusable_checkpoint_of_a_run_with_no_logged_epoch_does_not_claim_epochs_would_repeat(tmp_path, store):
+    with mlflow.start_run() as run:
+        pass
+    store.set_terminated(run.info.run_id, "KILLED")
+    folder = tmp_path / "checkpoints" / run.info.run_id
+    two_epochs_saved(folder)
+    (folder / METADATA).write_text("{")
+    (folder / PREVIOUS_METADATA).write_text("")
+    with pytest.raises(ResumeError) as caught:
+        resumable_checkpoint(store, run.info.run_id)
+    assert "No epoch of run" in str(caught.value) and "would repeat" not in str(caught.value)
+    assert f"remove {folder}" in str(caught.value)
+    store.log_metric(run.info.run_id, "loss", 0.9, step=0)
+    with pytest.raises(ResumeError, match="logged 1 epochs: resuming without its checkpoint would repeat them"):
+        resumable_checkpoint(store, run.info.run_id)
+
+
 def test_resuming_an_unknown_run_says_which_id_and_which_store(store):
     with pytest.raises(ResumeError, match=r"No run 'deadbeef' in the tracking store sqlite:///.*MLFLOW_TRACKING_URI"):
         resumable_checkpoint(store, "deadbeef")

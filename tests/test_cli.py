@@ -214,6 +214,8 @@ def test_readme_parameter_table_lists_every_training_parameter_with_its_option_v
         (["data", "inspect", "--skip-bad", "faces/"], "--skip-bad alone means true"),
         (["predict", __file__], "Missing option '--model-uri' / '-m'"),
         (["train"], "Missing argument 'PHASE'"),
+        (["train", "phase1", "--data", "synthetic:abc"], "'synthetic:N' needs a whole number N >= 8"),
+        (["sweep", "--data", "synthetic:abc"], "'synthetic:N' needs a whole number N >= 8"),
         (["--no-such-option"], "No such option '--no-such-option'"),
     ],
 )

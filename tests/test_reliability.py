@@ -207,3 +207,27 @@ def test_resume_of_a_finished_run_is_refused_with_a_reason(trained_store):
     result = resume(runs["phase1"].info.run_id, env, folder)
     assert result.returncode == 1
     assert "already FINISHED; there is nothing to resume" in result.stderr
+
+
+def test_two_resumes_of_one_run_at_once_log_one_model_and_one_value_per_epoch(store):
+    """Issue #27 reproduction 6: two re-sends (resumes) of one run started together; the second is refused."""
+    uri, client, env, tmp_path = store
+    run_id, _ = interrupt(start_training(5, env, tmp_path), signal.SIGKILL, store)
+    both = [subprocess.Popen([*TRAIN, "--resume", run_id], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in both]
+    codes = sorted(process.returncode for process in both)
+    assert codes == [0, 1], outputs
+    refused = outputs[[process.returncode for process in both].index(1)]
+    assert f"run {run_id} is being resumed by pid" in refused or "already FINISHED" in refused, refused
+    assert "Traceback" not in refused
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in (*PER_EPOCH, "peak_rss_mb"):
+        if key in run.data.metrics:
+            assert steps(client, run_id, key) == sorted(set(steps(client, run_id, key))), key
+    for key in ("eval_accuracy", "epochs_trained"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'")
+    assert [m.name for m in models] == ["model"]

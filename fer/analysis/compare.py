@@ -37,6 +37,7 @@ from fer.analysis.history import (
     read_history,
 )
 from fer.analysis.reports import style_epoch_axis
+from fer.utils.atomic import atomic_output
 from fer.tracking import (
     RUN_KIND_COMPARE,
     TAG_EVAL_SPLIT,
@@ -408,7 +409,8 @@ def compare_history_figure(baseline: RunSummary, final: RunSummary) -> Figure:
 def plot_compare_history(baseline: RunSummary, final: RunSummary, path) -> Path:
     """Write `compare_history_figure` as a PNG to `path`; returns it as a Path."""
     path = Path(path)
-    compare_history_figure(baseline, final).savefig(path, dpi=110)
+    with atomic_output(path, "the comparison figure") as partial:
+        compare_history_figure(baseline, final).savefig(partial, dpi=110, format="png")
     return path
 
 

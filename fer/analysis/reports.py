@@ -35,6 +35,7 @@ from fer.analysis.history import best_epoch, format_rate, marked_rate_steps
 from fer.analysis.history import learning_rates as _learning_rates
 from fer.analysis.history import series as _series
 from fer.evaluation.calibration import Reliability
+from fer.utils.atomic import atomic_output
 
 __all__ = [
     "BestPerformance",
@@ -239,7 +240,8 @@ def plot_history(history: dict, path, title: str | None = None) -> Path:
         fig.suptitle(title, fontsize=13)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_output(path, "the figure") as partial:  # a whole PNG or none
+        fig.savefig(partial, format="png")
     return path
 
 
@@ -393,7 +395,8 @@ def plot_confusion_matrix(cm: np.ndarray, class_names, path, title=None) -> Path
     ax.set_title(title or "Confusion matrix (row-normalized)")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_output(path, "the figure") as partial:  # a whole PNG or none
+        fig.savefig(partial, format="png")
     return path
 
 
@@ -453,5 +456,6 @@ def plot_reliability_diagram(curves: Mapping[str, Reliability], path, title: str
     bottom.grid(True, axis="y", alpha=0.3)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_output(path, "the figure") as partial:  # a whole PNG or none
+        fig.savefig(partial, format="png")
     return path

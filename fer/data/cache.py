@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from fer.data._bad import printable
 from fer.data.splits import BadItem, LabelMode, Split, Splits
+from fer.utils.atomic import atomic_output
 
 # Bump when a loader's output for the same input changes, so old entries miss.
 CACHE_FORMAT = 2  # 2: probability labels keep the majority rule's validation and test images
@@ -164,13 +164,7 @@ def write(cache_dir: Path, key: str, splits: Splits) -> Path:
     }
     arrays["meta"] = np.array(json.dumps(meta))
     entry = cache_dir / f"{key}.npz"
-    descriptor, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as tmp:
+    with atomic_output(entry, "the data cache entry") as partial:  # readers see a whole entry or none
+        with open(partial, "wb") as tmp:
             np.savez(tmp, **arrays)
-        os.replace(tmp_name, entry)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
     return entry

@@ -9,6 +9,7 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
 from fer.data._bad import printable, shown
+from fer.utils.atomic import OutputError, atomic_output
 from fer.data.splits import EMOTIONS, DataError, Splits
 
 SAMPLES_PER_CLASS = 8
@@ -116,7 +117,9 @@ def plot_overview(splits: Splits, path, seed: int = 0) -> Path:
     ax.margins(y=0.15)
     ax.legend()
     try:
-        fig.savefig(path, dpi=110)
+        with atomic_output(path, "the figure") as partial:  # a whole image or none
+            fig.savefig(partial, dpi=110, format=Path(path).suffix.lstrip(".").lower() or "png")
     except OSError as err:
-        raise DataError(f"Cannot write the figure to {printable(path)!r}: {err.strerror or err}.") from err
+        raise DataError(str(err) if isinstance(err, OutputError) else
+                        f"Cannot write the figure to {printable(path)!r}: {err.strerror or err}.") from err
     return path

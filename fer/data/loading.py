@@ -30,6 +30,7 @@ def describe_source(data) -> tuple[str, Path | None]:
     class-per-folder tree (holding train/).
     """
     if data is None or str(data) == SYNTHETIC or str(data).startswith(f"{SYNTHETIC}:"):
+        synthetic_train_size(data)  # "synthetic:abc" is refused here, at the door, like a missing path
         return SYNTHETIC, None
     path = Path(data).expanduser()
     if not path.exists():

@@ -87,6 +87,7 @@ def export_network(network, path: str | Path, format: str = "onnx") -> Path:
     path = Path(path)
     if path.suffix != SUFFIXES[format]:
         raise ExportError(f"a {format} file must end in {SUFFIXES[format]}; got {path}")
+    check_face_input(network)
     network = float32_copy(network)
     # Keras exports only a network that has run (it reads the input signature from the call);
     # a freshly built or loaded one, like the flip-TTA wrapper, runs once here on a blank face.
@@ -97,6 +98,20 @@ def export_network(network, path: str | Path, format: str = "onnx") -> Path:
     if not path.is_file():
         raise ExportError(f"Keras's {format} exporter wrote nothing at {path}")
     return path
+
+
+def check_face_input(network) -> None:
+    """ExportError unless `network` takes faces as fer's networks do: N x 48 x 48 x 1 (one input).
+
+    >>> import keras
+    >>> check_face_input(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()]))
+    Traceback (most recent call last):
+    fer.export.formats.ExportError: the network takes input (None, 32, 32, 3), not fer's faces (None, 48, 48, 1): export a fer model (a training run's or a registered version's)
+    """
+    shape = getattr(network, "input_shape", None)
+    if isinstance(shape, list) or shape is None or tuple(shape[1:]) != tuple(FACE_SHAPE):
+        raise ExportError(f"the network takes input {shape}, not fer's faces (None, {', '.join(map(str, FACE_SHAPE))})"
+                          ": export a fer model (a training run's or a registered version's)")
 
 
 def float32_copy(network):

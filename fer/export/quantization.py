@@ -19,6 +19,7 @@ import numpy as np
 
 from fer.export.formats import SUFFIXES, ExportError, as_faces, float32_copy, require_converter
 from fer.serving.engines import OnnxRuntimeNetwork
+from fer.utils.atomic import atomic_output
 
 # int8: weights and activations in int8, activation ranges calibrated on training faces (static);
 # int8-dynamic: int8 weights, activation ranges measured on each input as it runs.
@@ -66,9 +67,14 @@ def quantize(source: str | Path, destination: str | Path, method: str = "int8",
             raise ExportError("LiteRT quantizes while converting: give the Keras network")
         return _quantize_litert(network, destination, method, calibration)
     require_converter("onnx")
+    with atomic_output(destination, f"the {method} copy") as temporary:  # whole, or the old file stays
+        _quantize_onnx(source, temporary, method, calibration)
+    return destination
+
+
+def _quantize_onnx(source: Path, destination: Path, method: str, calibration: np.ndarray | None) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX Runtime's pre-processing (shape inference, graph optimization) before either method. Symbolic
@@ -125,8 +131,8 @@ def _quantize_litert(network, destination: Path, method: str, calibration: np.nd
     options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
     if method == "int8":
         options["representative_dataset"] = lambda: ([face[np.newaxis]] for face in calibration)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    float32_copy(network).export(str(destination), format="litert", verbose=False, **options)
+    with atomic_output(destination, f"the {method} copy") as temporary:
+        float32_copy(network).export(str(temporary), format="litert", verbose=False, **options)
     return destination
 
 

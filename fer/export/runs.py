@@ -29,6 +29,7 @@ from fer.export.formats import (
     ExportError,
     Parity,
     as_faces,
+    check_face_input,
     export_network,
     first_line,
     float32_copy,
@@ -38,6 +39,7 @@ from fer.export.formats import (
 )
 from fer.export.quantization import DEFAULT_CALIBRATION_FACES, QUANTIZATIONS, calibration_sample, quantize
 from fer.serving.engines import OnnxRuntimeNetwork, forward
+from fer.utils.atomic import atomic_output
 
 ONNX_ARTIFACT = "model.onnx"
 TAG_ONNX = "fer.onnx"  # "logged" or "skipped"
@@ -204,7 +206,11 @@ def export_model(
             float32 ONNX file in ONNX Runtime (`log_onnx_engine_pyfunc`).
 
     The float file must agree with the Keras network (PARITY_TOLERANCE) or
-    ExportError is raised and nothing is kept.
+    ExportError is raised and nothing is kept. Each file is written beside its
+    name and renamed into place when complete (`fer.utils.atomic`): a write
+    that fails (disk full, a path under a file) is an OutputError of one line,
+    and the old file, if any, stays. Exporting again logs the figures at the
+    next step of each `export_*` metric, not a second value at step 0.
 
     Example:
         report = export_model("models:/fer-emotion@champion", quantization="int8")
@@ -235,13 +241,13 @@ def export_model(
     variants = [_measured("keras", "Keras (what the pyfunc serves)", None, served, served, labels)]
     exported_network = float32_copy(network)  # mixed precision is exported in float32: parity is against that
     reference = served if exported_network is network else forward(exported_network, faces)
-    export_network(exported_network, output, format)
-    exported = forward(load_exported(output), faces)
-    parity = measure_parity(reference, exported)
-    if not parity.holds():
-        output.unlink()
-        raise ExportError(f"The {format} file disagrees with the Keras network on the validation faces "
-                          f"({parity.describe()}; tolerance {PARITY_TOLERANCE:g}): not kept.")
+    with atomic_output(output, f"the {format} file") as temporary:  # checked before it replaces an old one
+        export_network(exported_network, temporary, format)
+        exported = forward(load_exported(temporary), faces)
+        parity = measure_parity(reference, exported)
+        if not parity.holds():
+            raise ExportError(f"The {format} file disagrees with the Keras network on the validation faces "
+                              f"({parity.describe()}; tolerance {PARITY_TOLERANCE:g}): not kept.")
     runtime = "ONNX Runtime" if format == "onnx" else "LiteRT"
     variants.append(_measured(format, f"{runtime} float32", output, exported, reference, labels))
     if quantization:
@@ -330,7 +336,6 @@ def load_logged_network(model_uri: str, folder: Path) -> LoggedNetwork:
     from mlflow.models import Model
 
     from fer.serving.photo_service import find_keras_file
-    from fer.serving.pyfunc import load_network
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
@@ -343,7 +348,22 @@ def load_logged_network(model_uri: str, folder: Path) -> LoggedNetwork:
     metadata = Model.load(str(local)) if (local / "MLmodel").is_file() else None
     code = (metadata.flavors.get("python_function", {}).get("model_code_path") or "") if metadata else ""
     entry_file = Path(code).name if Path(code).name.startswith("pyfunc_") else "pyfunc_model.py"
-    return LoggedNetwork(load_network(str(keras_file)), _source_run_id(metadata), entry_file)
+    return LoggedNetwork(_face_network(keras_file, model_uri), _source_run_id(metadata), entry_file)
+
+
+def _face_network(keras_file: Path, model_uri: str):
+    """The Keras network in `keras_file`, checked to take fer's faces before it is traced on one."""
+    import keras
+
+    from fer import models  # noqa: F401  registers the layers a flip-TTA network is saved with
+
+    network = keras.saving.load_model(str(keras_file), compile=False)
+    try:
+        check_face_input(network)
+    except ExportError as err:
+        raise ExportError(f"{model_uri}: {err}") from None
+    forward(network, np.zeros((1, 48, 48, 1), np.float32))  # traced once, as `load_network` does for serving
+    return network
 
 
 def _source_run_id(metadata) -> str | None:
@@ -415,7 +435,10 @@ def _log_report(client, report: ExportReport) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(report.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in report.metrics().items()])
+    metrics = report.metrics()
+    # One value per export: a second export of the run is the next step, not a second value at step 0.
+    step = len(client.get_metric_history(report.run_id, next(iter(metrics))))
+    client.log_batch(report.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
     for variant in report.variants[1:]:
         client.log_artifact(report.run_id, str(variant.path), EXPORT_ARTIFACTS)
     with tempfile.TemporaryDirectory() as tmp:

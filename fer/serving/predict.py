@@ -35,10 +35,15 @@ from fer.serving import video as fer_video
 from fer.data.splits import EMOTIONS
 from fer.serving.photo_service import FaceEmotionModel
 from fer.serving.pyfunc import IMAGE_COLUMN, EmotionModel
+from fer.utils.atomic import AtomicOutput, OutputError, atomic_output
 
 
 class PredictError(RuntimeError):
     """`fer predict` cannot use a model or a photo; the message names it and says what to do."""
+
+
+class VideoTruncated(PredictError):
+    """The video ended before the frame count its header states; the rows (and frames) read so far are written."""
 
 
 def load_service_model(model_uri: str):
@@ -163,10 +168,10 @@ def annotate_file(path: str | Path, frame: pd.DataFrame, out_dir: str | Path) ->
     ]
     target = out_dir / f"{path.stem}.annotated.png"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fer_faces.draw_faces(image, faces).save(target)
-    except OSError as err:
-        raise PredictError(f"Cannot write {target}: {err.strerror or err}") from None
+        with atomic_output(target, "the annotated photo") as temporary:
+            fer_faces.draw_faces(image, faces).save(temporary, format="PNG")
+    except OutputError as err:
+        raise PredictError(str(err)) from None
     return target
 
 
@@ -308,7 +313,12 @@ class AnnotatedVideo:
 
     The encoder follows the suffix (`ANNOTATE_CODECS`; check the name with
     `check_annotate_path` first); PredictError when OpenCV cannot write there
-    or has no such encoder.
+    or has no such encoder. Frames go to a temporary file beside `path`
+    (`fer.utils.atomic.AtomicOutput`): `close()` checks the encoder's file
+    holds every frame written and only then renames it to `path`;
+    `close(failed=True)` removes it. OpenCV's encoder reports no write error
+    (a full disk leaves a file cut short, without its index): that check is
+    how a failed write is found, an OutputError naming the file.
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
@@ -316,12 +326,12 @@ class AnnotatedVideo:
 
         self.path = Path(path)
         codec = ANNOTATE_CODECS[self.path.suffix.lower()]  # checked by check_annotate_path
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise PredictError(f"Cannot write {self.path}: {err.strerror or err}") from None
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        self._output = AtomicOutput(self.path, "the annotated video")
+        self._writer = cv2.VideoWriter(str(self._output.temporary), cv2.VideoWriter_fourcc(*codec), fps, size)
+        self.frames = 0
         if not self._writer.isOpened():
+            self._writer.release()
+            self._output.discard()
             raise PredictError(
                 f"OpenCV cannot write {self.path} (encoder {codec}): check the folder is writable, or try "
                 "another suffix (.mp4, .avi)"
@@ -338,9 +348,48 @@ class AnnotatedVideo:
             drawn = fer_faces.draw_faces(Image.fromarray(frame[..., ::-1]), labels)
             frame = np.ascontiguousarray(np.asarray(drawn)[..., ::-1])
         self._writer.write(frame)
+        self.frames += 1
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Finish the file: renamed into place when whole, else removed (always when `failed`)."""
         self._writer.release()
+        if failed:
+            self._output.discard()
+            return
+        readable = _readable_frames(self._output.temporary)
+        if readable < self.frames:
+            raise self._output.fail(f"the encoder's file is incomplete ({readable} of {self.frames} frames "
+                                    f"readable): {_likely_cause(self.path.parent)}")
+        self._output.commit()
+
+
+def _readable_frames(path: Path) -> int:
+    """How many frames a written video holds, by its index (0 when it cannot be opened: no index written)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            return 0
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        if math.isfinite(count) and count > 0:
+            return int(count)
+        frames = 0  # no count in the header (webm): read them
+        while capture.grab():
+            frames += 1
+        return frames
+    finally:
+        capture.release()
+
+
+def _likely_cause(folder: Path) -> str:
+    try:
+        free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    except OSError:
+        return "is the disk full?"
+    if free < 64 * 1024 * 1024:
+        return f"disk full ({free / 1e6:.1f} MB free in {folder}): free some space or write elsewhere"
+    return "the disk may have been full, or a file-size limit reached (ulimit -f): write elsewhere"
 
 
 def frame_gray(frame: np.ndarray) -> np.ndarray:
@@ -374,7 +423,9 @@ def predict_video(
     every frame (total None when the video does not state it).
 
     A video that stops before the frame count its container states is a
-    PredictError after the rows read so far are written: it is truncated.
+    VideoTruncated (a PredictError) after the rows and the annotated frames
+    read so far are written: it is truncated. On any other error, Ctrl-C
+    included, no annotated video is left (an old one at `annotate` stays).
 
     >>> with VideoReader("talk.mp4") as video:  # doctest: +SKIP
     ...     predict_video(load_face_model("models:/fer-emotion@champion"), video, sys.stdout, every=5)
@@ -385,6 +436,7 @@ def predict_video(
     if annotate is not None:
         check_annotate_path(annotate, video.path)
     writer = AnnotatedVideo(annotate, video.fps, video.size) if annotate is not None else None
+    failed = True
     rows = csv.writer(out, lineterminator="\n")
     rows.writerow(fer_video.CSV_COLUMNS)
     started, frames, processed, face_rows = time.monotonic(), 0, 0, 0
@@ -406,12 +458,13 @@ def predict_video(
             frames = index + 1
             if progress is not None:
                 progress(frames, video.frame_count)
+        out.flush()
+        failed = False
     finally:
         if writer is not None:
-            writer.close()
-    out.flush()
+            writer.close(failed=failed)  # a failed or interrupted run leaves no annotated video
     if video.frame_count is not None and frames < video.frame_count:
-        raise PredictError(
+        raise VideoTruncated(
             f"{_shown(video.path)} ended after {frames} of the {video.frame_count} frames its header states: it is "
             f"truncated or damaged (the CSV holds the {processed} frames processed until then); re-encode or "
             "re-download it"

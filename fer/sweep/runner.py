@@ -2,9 +2,7 @@
 
 Read top to bottom, `run_sweep` is the whole story of a sitting:
 
-1. the sweep file (`experiments/sweep.yaml`): the phase every trial starts from,
-   the settings every trial shares, the search space, the objective, the sampler,
-   the pruner and the budget; checked before TensorFlow loads;
+1. the sweep file, read and checked by `fer.sweep.spec` before TensorFlow loads;
 2. the Optuna study, in SQLite beside the tracking store (`optuna.db`), named after
    the sweep: running the same sweep again continues it;
 3. the parent run, found again by its tags (`fer.sweep`, `fer.sweep_role=parent`);
@@ -12,7 +10,7 @@ Read top to bottom, `run_sweep` is the whole story of a sitting:
    as any `fer train` run; its validation metric goes to the pruner after every epoch,
    and a trial the pruner stops ends KILLED with `fer.stopped_by=pruned`;
 5. after each trial, the best so far on the parent (metric, run id, params); at the
-   end of the sitting, the figures and the trials table.
+   end of the sitting, the trials table and the figures (`fer.sweep.plots`).
 
 Optuna's own MLflow integration (`MLflowCallback` in optuna-integration) logs each
 trial as a run it creates after the trial; here a trial is a training run that
@@ -26,18 +24,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
+import logging
 import os
 import re
+import secrets
+import shutil
+import socket
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from fer.config import EXPERIMENTS_DIR, ConfigError, TrainConfig, _read_yaml, flatten, load_config
+from fer.config import ConfigError
 from fer.tracking import (
     DEFAULT_EXPERIMENT,
     RUN_KIND_SWEEP,
@@ -62,7 +64,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking.context import registry as run_context
 
-DEFAULT_SWEEP = "sweep"  # experiments/sweep.yaml
+from fer.sweep.plots import plot_study
+from fer.sweep.spec import Objective, SweepSpec, load_sweep  # noqa: F401  (load_sweep: `runner.load_sweep` as before)
+from fer.utils.locks import LockHeld, SittingLock
 
 TAG_SWEEP = "fer.sweep"  # the sweep's name, on the parent and on every trial
 TAG_ROLE = "fer.sweep_role"  # parent | trial
@@ -74,12 +78,10 @@ BEST_PARAM_TAG = "fer.sweep_best."  # + setting name: the best trial's value
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's run id, as a user attribute of the Optuna trial
 PARENT_ATTR = "mlflow_parent_run_id"  # the parent run's id, as a user attribute of the study
 
-# A name goes into an MLflow search filter and an Optuna study name: keep it plain.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-SWEEP_KEYS = ("phase", "objective", "trials", "max_minutes", "sampler", "pruner", "settings", "space")
-PRUNERS = ("median", "threshold", "none")
 # Heartbeats let a later sitting fail the trials of a sitting that was killed outright (SIGKILL, power).
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
+SITTING_ATTR = "fer.sitting"  # host/pid of the sitting that runs a trial, as a user attribute of the trial
+COUNTED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
 class SweepError(RuntimeError):
@@ -90,262 +92,6 @@ class TrialPruned(optuna.TrialPruned, RunStopped):
     """The pruner stopped this trial: Optuna records it PRUNED, the run ends KILLED with `fer.stopped_by=pruned`."""
 
     reason = "pruned"
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """What the study optimizes: a run metric, the per-epoch metric the pruner watches, and the direction."""
-
-    metric: str
-    epoch_metric: str
-    direction: str  # maximize | minimize
-
-
-# Validation metrics only: a search that chose by the test split would report an optimistic test score.
-OBJECTIVES = {
-    "best_val_accuracy": Objective("best_val_accuracy", "val_accuracy", "maximize"),
-    "lowest_val_loss": Objective("lowest_val_loss", "val_loss", "minimize"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Dimension:
-    """One searched setting: a list of choices, or a numeric range (integer when the setting is)."""
-
-    key: str
-    choices: tuple | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    integer: bool = False
-
-    def suggest(self, trial: optuna.Trial):
-        """The trial's value for this setting, as Optuna's sampler picks it."""
-        if self.choices is not None:
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def describe(self) -> str:
-        """E.g. "log-uniform [0.0001, 0.01]", "one of [plateau, linear, cosine]"."""
-        if self.choices is not None:
-            return f"one of [{', '.join(map(str, self.choices))}]"
-        kind = ("log-" if self.log else "") + ("integer" if self.integer else "uniform")
-        return f"{kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepSpec:
-    """A whole sweep: what every trial shares, what it searches, how it chooses, and its budget."""
-
-    name: str
-    phase: str
-    objective: Objective
-    space: tuple[Dimension, ...]
-    settings: dict[str, Any]
-    trials: int  # in all, over every sitting
-    max_minutes: float  # per sitting; 0: no limit
-    sampler_seed: int = 42
-    n_startup_trials: int = 5
-    pruner: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "median"})
-    origin: str = "sweep file"
-
-    def recipe_params(self) -> dict[str, str]:
-        """What makes two sittings the same sweep, as MLflow params of the parent run (budgets excluded)."""
-        pruner = " ".join(f"{k}={v}" for k, v in sorted(self.pruner.items()) if k != "type")
-        params = {
-            "sweep.phase": self.phase,
-            "sweep.objective": f"{self.objective.direction} {self.objective.metric}",
-            "sweep.sampler": f"TPE seed={self.sampler_seed} n_startup_trials={self.n_startup_trials}",
-            "sweep.pruner": f"{self.pruner['type']} {pruner}".strip(),
-        }
-        params.update({f"sweep.settings.{key}": str(value) for key, value in sorted(self.settings.items())})
-        params.update({f"sweep.space.{d.key}": d.describe() for d in self.space})
-        return params
-
-    def trial_config(self, values: dict[str, Any], where: str, max_minutes: float | None = None) -> TrainConfig:
-        """The phase's configuration with the shared settings, then the trial's values (and a time cap) applied."""
-        overrides = {**self.settings, **values}
-        if max_minutes is not None:
-            overrides["max_minutes"] = max_minutes
-        return load_config(self.phase, overrides, where)
-
-
-def sweep_path(name_or_path: str | None = None) -> Path:
-    """The sweep file: a path, or a name looked up in ./experiments and then the project's experiments/.
-
-    >>> sweep_path().name
-    'sweep.yaml'
-    """
-    given = name_or_path or DEFAULT_SWEEP
-    path = Path(given)
-    if path.is_file():
-        return path
-    for folder in (Path.cwd() / "experiments", EXPERIMENTS_DIR):
-        if (folder / f"{given}.yaml").is_file():
-            return folder / f"{given}.yaml"
-    raise ConfigError(f"No sweep file at {given!r} (nor experiments/{given}.yaml); give a YAML file such as "
-                      f"{EXPERIMENTS_DIR / 'sweep.yaml'}.")
-
-
-def load_sweep(
-    name_or_path: str | None = None,
-    settings: dict[str, Any] | None = None,
-    *,
-    name: str | None = None,
-    trials: int | None = None,
-    max_minutes: float | None = None,
-) -> SweepSpec:
-    """Read and check a sweep file; `settings` (flat names, e.g. {"epochs": 3}) and the budget override it.
-
-    Every problem is a ConfigError naming the file and the entry at fault,
-    raised before any data, TensorFlow, run or study: each range end and each
-    choice is checked as the trial would be configured with it.
-
-    >>> spec = load_sweep("sweep", {"data": "synthetic:200", "epochs": 2}, trials=3)
-    >>> spec.trials, spec.objective.metric, spec.settings["epochs"]
-    (3, 'best_val_accuracy', 2)
-    """
-    path = sweep_path(name_or_path)
-    values = _read_yaml(path)
-    _only(values, SWEEP_KEYS, "top-level", path)
-    name = name or path.stem
-    if not NAME_PATTERN.match(name):
-        raise ConfigError(f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), "
-                          "starting with a letter or digit.")
-
-    objective_name = values.get("objective", "best_val_accuracy")
-    if objective_name not in OBJECTIVES:
-        raise ConfigError(f"{path}: objective must be one of {', '.join(OBJECTIVES)} (validation metrics: the "
-                          f"test split stays unseen by the search); got {objective_name!r}.")
-    budget_trials = _whole(trials if trials is not None else values.get("trials", 20), "trials", path, minimum=1)
-    budget_minutes = max_minutes if max_minutes is not None else values.get("max_minutes", 0)
-    if not isinstance(budget_minutes, (int, float)) or isinstance(budget_minutes, bool) or not (
-            math.isfinite(budget_minutes) and budget_minutes >= 0):
-        raise ConfigError(f"{path}: max_minutes must be 0 (no limit) or a positive number; got {budget_minutes!r}.")
-
-    shared = {**flatten(_section(values, "settings", path)), **(settings or {})}
-    phase = str(values.get("phase", "phase2"))
-    where = f"settings in {path}" if not settings else f"settings in {path} or the command line"
-    # The shared settings alone must make a valid configuration; kept as typed values ("1e-4" and 0.0001 are one).
-    resolved = load_config(phase, shared, where).to_params()
-    shared = {key: resolved[key] for key in shared}
-    space = _space(_section(values, "space", path), phase, shared, path)
-    sampler = _section(values, "sampler", path)
-    _only(sampler, ("seed", "n_startup_trials"), "sampler", path)
-    pruner = {"type": "median", **_section(values, "pruner", path)}
-    _check_pruner(pruner, path)
-    return SweepSpec(
-        name=name,
-        phase=phase,
-        objective=OBJECTIVES[objective_name],
-        space=space,
-        settings=shared,
-        trials=budget_trials,
-        max_minutes=float(budget_minutes),
-        sampler_seed=_whole(sampler.get("seed", 42), "sampler.seed", path),
-        n_startup_trials=_whole(sampler.get("n_startup_trials", 5), "sampler.n_startup_trials", path),
-        pruner=pruner,
-        origin=str(path),
-    )
-
-
-def _section(values: dict, key: str, path: Path) -> dict:
-    section = values.get(key) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: {key} must be a mapping (`name: value` lines indented under it); "
-                          f"got {section!r:.80}.")
-    return section
-
-
-def _only(section: dict, allowed: tuple, what: str, path: Path) -> None:
-    unknown = sorted(set(map(str, section)) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{path}: unknown {what} entries {unknown}; allowed: {', '.join(allowed)}.")
-
-
-def _whole(value, what: str, path: Path, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{path}: {what} must be a whole number of at least {minimum}; got {value!r}.")
-    return value
-
-
-def _check_pruner(pruner: dict, path: Path) -> None:
-    kind = pruner["type"]
-    allowed = {
-        "median": ("type", "n_startup_trials", "n_warmup_steps"),
-        "threshold": ("type", "lower", "upper", "n_warmup_steps"),
-        "none": ("type",),
-    }
-    if kind not in allowed:
-        raise ConfigError(f"{path}: pruner.type must be one of {', '.join(PRUNERS)}; got {kind!r}.")
-    _only(pruner, allowed[kind], f"pruner ({kind})", path)
-    for key in ("n_startup_trials", "n_warmup_steps"):
-        if key in pruner:
-            _whole(pruner[key], f"pruner.{key}", path)
-    if kind == "threshold" and "lower" not in pruner and "upper" not in pruner:
-        raise ConfigError(f"{path}: a threshold pruner needs lower or upper (the per-epoch bounds of the "
-                          "objective's validation metric).")
-
-
-def _space(space: dict, phase: str, shared: dict, path: Path) -> tuple[Dimension, ...]:
-    """Each entry checked against the settings a phase has, and each end or choice tried in a configuration."""
-    if not space:
-        raise ConfigError(f"{path}: space is empty; name at least one setting to search, e.g. "
-                          "`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`.")
-    defaults = TrainConfig().to_params()
-    dimensions = []
-    for key, spec in flatten(space, is_value=_is_entry).items():
-        entry = f"space.{key} in {path}"
-        if key not in defaults:
-            raise ConfigError(f"{entry}: {key!r} is not a setting; settings are {sorted(defaults)}.")
-        if key in shared:
-            raise ConfigError(f"{entry}: {key} is both searched and fixed (settings or the command line); "
-                              "keep one.")
-        dimension = _dimension(key, spec, type(defaults[key]), entry)
-        tried = dimension.choices if dimension.choices is not None else (dimension.low, dimension.high)
-        for value in tried:
-            load_config(phase, {**shared, key: value}, entry)
-        dimensions.append(dimension)
-    return tuple(dimensions)
-
-
-def _is_entry(mapping: dict) -> bool:
-    """A search-space entry is a mapping with choices or low/high; any other mapping is a section (augmentation:)."""
-    return bool({"choices", "low", "high"} & set(mapping))
-
-
-def _dimension(key: str, spec, kind: type, entry: str) -> Dimension:
-    example = "{choices: [a, b]} or {low: 0.0, high: 1.0} (optionally log: true, step: ...)"
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{entry}: expected {example}; got {spec!r:.80}.")
-    if "choices" in spec:
-        choices = spec["choices"]
-        if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{entry}: choices must be a non-empty list, alone; got {spec!r:.80}.")
-        return Dimension(key, choices=tuple(choices))
-    if kind in (str, bool):
-        raise ConfigError(f"{entry}: {key} is a {kind.__name__} setting: search it with choices: [...].")
-    unknown = sorted(set(spec) - {"low", "high", "log", "step"})
-    if unknown or "low" not in spec or "high" not in spec:
-        raise ConfigError(f"{entry}: expected {example}; got {spec!r:.80}.")
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    numbers = [v for v in (low, high, step) if v is not None]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers) or not isinstance(log, bool):
-        raise ConfigError(f"{entry}: low, high and step must be numbers and log true or false; got {spec!r:.80}.")
-    if not low < high:
-        raise ConfigError(f"{entry}: low must be below high; got low {low!r}, high {high!r}.")
-    if log and (low <= 0 or step is not None):
-        raise ConfigError(f"{entry}: a log range needs low above 0 and no step; got {spec!r:.80}.")
-    if step is not None and step <= 0:
-        raise ConfigError(f"{entry}: step must be positive; got {step!r}.")
-    integer = kind is int
-    if integer and any(float(v) != int(v) for v in numbers):
-        raise ConfigError(f"{entry}: {key} is a whole-number setting: low, high and step must be whole; "
-                          f"got {spec!r:.80}.")
-    return Dimension(key, low=low, high=high, log=log, step=step, integer=integer)
 
 
 # 2. The study ------------------------------------------------------------------------------------------------------
@@ -394,6 +140,111 @@ def _pruner(pruner: dict) -> optuna.pruners.BasePruner:
     if pruner["type"] == "threshold":
         return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
+
+
+def sitting_lock(name: str, storage: str):
+    """The lock one sitting of sweep `name` holds: a file beside a SQLite study (`.optuna.db.<name>.lock`).
+
+    A second sitting on the same study file fails at once with SweepError
+    naming the holder (pid, host, since). A server database (PostgreSQL, MySQL)
+    takes no lock: sittings on several machines then share the study as
+    parallel workers (see `reconcile` and the trial budget in `run_sweep`).
+
+    Example:
+        with sitting_lock("tiny", "sqlite:////data/runs/optuna.db"):
+            ...
+    """
+    if not _is_local(storage):
+        return contextlib.nullcontext()
+    database = Path(storage[len("sqlite:///"):].split("?")[0])
+    return _SweepLock(database.with_name(f".{database.name}.{name}.lock"), f"sweep {name!r} is being run")
+
+
+class _SweepLock(SittingLock):
+    def acquire(self):
+        try:
+            return super().acquire()
+        except LockHeld as err:
+            raise SweepError(f"{err}. Sittings of one sweep on several machines share a server database "
+                             "(--storage postgresql://...).") from None
+
+
+def _is_local(storage: str) -> bool:
+    return storage.startswith("sqlite:///")
+
+
+def reconcile(study: optuna.Study, client: MlflowClient, parent_id: str, local: bool) -> int:
+    """End what a dead sitting left RUNNING, in Optuna (FAIL) and MLflow (KILLED); the trials running elsewhere.
+
+    A trial's sitting is dead when it ran on this host and its pid is gone, when
+    its heartbeat is older than the grace period, or, for a study in a local
+    SQLite file, always (this sitting holds the sweep's lock, so no other
+    sitting can be running). Each dead trial's run is ended KILLED with
+    `fer.sweep_trial_state=FAIL` and `fer.killed_because`, whatever the delay;
+    the checkpoint folders of the parent's unfinished trial runs are removed
+    (a failed trial is run again as a new trial, never resumed). Returns how
+    many trials are still running in live sittings (on other machines).
+
+    Example:
+        others = reconcile(study, MlflowClient(), parent_run_id, local=True)  # 0: no other sitting
+    """
+    live_numbers = set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        why = _dead_sitting(study, trial, local)
+        if why is None:
+            live_numbers.add(trial.number)
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fer.failed_because", why)
+        study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        print(f"Sweep trial {trial.number}: {why}; marked FAIL.")
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        number = run.data.tags.get(TAG_TRIAL)
+        if number is not None and int(number) in live_numbers:
+            continue
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "FAIL")
+            client.set_tag(run.info.run_id, "fer.killed_because", "its sweep sitting ended without finishing it "
+                                                                  "(killed, or the machine stopped)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"Sweep trial run {run.info.run_id} (trial {number}) was left RUNNING by a dead sitting: KILLED.")
+        if run.info.status != "FINISHED":
+            _remove_checkpoint(run.info.run_id)
+    return len(live_numbers)
+
+
+def _remove_checkpoint(run_id: str) -> None:
+    from fer.training.checkpoints import checkpoint_dir  # TensorFlow loads with it; the trials need it anyway
+
+    shutil.rmtree(checkpoint_dir(run_id), ignore_errors=True)
+
+
+def _dead_sitting(study: optuna.Study, trial: optuna.trial.FrozenTrial, local: bool) -> str | None:
+    """Why `trial`'s sitting is dead (a sentence), or None while it may be alive."""
+    host, _, pid = str(trial.user_attrs.get(SITTING_ATTR, "")).rpartition("/")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return f"its sitting (pid {pid} on host {host}) is gone"
+    if local:
+        return "its sitting ended without finishing it (no other sitting holds this study's lock)"
+    stale = getattr(study._storage, "_get_stale_trial_ids", None)  # Optuna's RDB storage keeps heartbeats
+    if stale is not None and trial._trial_id in stale(study._study_id):
+        return f"its sitting's heartbeat stopped more than {GRACE_SECONDS} s ago"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _this_sitting() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -539,6 +390,12 @@ def run_sweep(
     again continues it. A trial whose sampled settings make an invalid
     configuration is failed and the sweep goes on; any other error stops it.
 
+    One sitting at a time on a SQLite study (`sitting_lock`: a second one is a
+    SweepError naming the first); each sitting first ends what a dead one left
+    running (`reconcile`). On a server database, sittings on several machines
+    run as parallel workers, each with its own sampler seed, trials running
+    anywhere counting against `spec.trials`.
+
     Example:
         result = run_sweep(load_sweep("sweep", {"data": "synthetic:400", "epochs": 2}, trials=3))
     """
@@ -548,33 +405,45 @@ def run_sweep(
     experiment_name = experiment_in_use(client, experiment)  # inside `mlflow run`: its run's experiment
     experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     storage = storage or default_storage(mlflow.get_tracking_uri())
+    with sitting_lock(spec.name, storage):
+        return _sitting(spec, client, experiment_name, experiment_id, storage, use_cache)
+
+
+def _sitting(spec: SweepSpec, client: MlflowClient, experiment_name: str, experiment_id: str, storage: str,
+             use_cache: bool) -> SweepResult:
+    """One sitting of `run_sweep`, holding the sweep's lock: the study and parent, the crash clean-up, the trials."""
     study = open_study(spec, storage)
     existing = find_parent(client, experiment_id, spec.name)
     check_pairing(study, existing, storage, spec.name)
     parent_id = open_parent(client, experiment_id, spec, storage, existing)
     study.set_user_attr(PARENT_ATTR, parent_id)
+    others = reconcile(study, client, parent_id, local=_is_local(storage))
+    if others:  # a sitting on another machine shares the study: draw apart from it, count its trials
+        study.sampler = optuna.samplers.TPESampler(seed=secrets.randbelow(2**31), n_startup_trials=spec.n_startup_trials)
+        print(f"Sweep {spec.name!r}: {others} trial(s) running in another sitting; this one joins as a parallel "
+              "worker (its own sampler seed).")
 
-    remaining = spec.trials - len(finished_trials(study))
+    remaining = spec.trials - len(finished_trials(study)) - others
     status = "FINISHED"
     try:
         if remaining > 0:
             deadline = time.monotonic() + 60 * spec.max_minutes if spec.max_minutes else None
             objective = _objective(spec, parent_id, experiment_name, use_cache, client, deadline)
             record = _record_trial(spec, parent_id, client)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _interrupts_without_traceback():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
                     objective,
                     n_trials=remaining,
                     timeout=60 * spec.max_minutes if spec.max_minutes else None,
                     catch=(ConfigError,),
-                    callbacks=[record, optuna.study.MaxTrialsCallback(
-                        spec.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
+                    # Trials running in another sitting count too: two sittings never run more than the budget.
+                    callbacks=[record, optuna.study.MaxTrialsCallback(spec.trials, states=COUNTED_STATES)],
                     gc_after_trial=True,
                 )
         else:
             print(f"Sweep {spec.name!r} already has its {spec.trials} trials; raise --trials to run more.")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, at any stage of a trial
         status = "KILLED"
         print(f"\nSweep {spec.name!r} interrupted; run the same command again to continue it.")
         raise
@@ -597,6 +466,7 @@ def _objective(spec: SweepSpec, parent_id: str, experiment: str, use_cache: bool
     from fer.training.train import train
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(SITTING_ATTR, _this_sitting())  # a later sitting tells a dead sitting's trials by it
         values = {d.key: d.suggest(trial) for d in spec.space}
         cap = _minutes_left(deadline, spec.settings.get("max_minutes"))
         config = spec.trial_config(values, f"sweep {spec.name}, trial {trial.number}", cap)
@@ -617,6 +487,29 @@ def _objective(spec: SweepSpec, parent_id: str, experiment: str, use_cache: bool
         return metrics[spec.objective.metric]
 
     return objective
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; Ctrl-C is no failure of the code: its line stays, not the trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _interrupts_without_traceback():
+    """For the block: Optuna's handlers print a Ctrl-C'd (or SIGTERM'd) trial's line without a traceback."""
+    handlers = logging.getLogger("optuna").handlers
+    quiet = _NoInterruptTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _minutes_left(deadline: float | None, setting) -> float | None:
@@ -701,6 +594,7 @@ def _log_summary(client: MlflowClient, parent_id: str, study: optuna.Study, spec
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         if run_id := trial.user_attrs.get(RUN_ID_ATTR) or _trial_run(client, parent_id, trial.number):
             client.set_tag(run_id, TAG_TRIAL_STATE, "FAIL")
+            _remove_checkpoint(run_id)  # a failed trial is run again as a new trial, never resumed
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if len(trials):
         client.log_text(parent_id, trials.to_csv(index=False), "trials.csv")
@@ -709,54 +603,6 @@ def _log_summary(client: MlflowClient, parent_id: str, study: optuna.Study, spec
             client.log_artifact(parent_id, str(path), artifact_path="plots")
     client.set_tag(parent_id, "mlflow.note.content", result.to_text(spec.objective.metric))
     return result
-
-
-def plot_study(study: optuna.Study, target_name: str, folder: Path) -> list[Path]:
-    """Optuna's figures of the study, drawn with matplotlib, as PNG files in `folder`.
-
-    `optimization_history.png` (every trial's value and the best so far), once a
-    trial is complete `parallel_coordinate.png` (each trial a line through its
-    settings, coloured by its value), and from two complete trials
-    `param_importances.png` (Optuna's default evaluator, PED-ANOVA in Optuna 5: how much each
-    setting tells the better trials from the rest). Figures are widened to their number of settings.
-
-    Example:
-        plot_study(optuna.load_study(study_name="sweep", storage="sqlite:///optuna.db"), "value", Path("."))
-    """
-    from matplotlib import pyplot
-    from optuna.visualization import matplotlib as optuna_plots
-
-    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    settings = len({key for trial in study.get_trials(deepcopy=False) for key in trial.params})
-    figures = {"optimization_history.png": optuna_plots.plot_optimization_history}
-    if complete >= 1:
-        figures["parallel_coordinate.png"] = optuna_plots.plot_parallel_coordinate
-    if complete >= 2:
-        figures["param_importances.png"] = optuna_plots.plot_param_importances
-    written = []
-    for name, plot in figures.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                axes = plot(study, target_name=target_name)
-            except (ValueError, RuntimeError) as err:  # e.g. importances when every trial scored the same
-                print(f"No {name}: {err}")
-                continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(*_figure_size(name, settings))
-        figure.savefig(folder / name, dpi=110, bbox_inches="tight")
-        pyplot.close(figure)
-        written.append(folder / name)
-    return written
-
-
-def _figure_size(name: str, settings: int) -> tuple[float, float]:
-    """Optuna's default size crowds a parallel-coordinate plot of eight settings into 6 inches."""
-    if name == "parallel_coordinate.png":
-        return max(8.0, 1.6 * (settings + 1)), 6.0
-    if name == "param_importances.png":
-        return 8.0, max(3.0, 0.5 * settings + 1.5)
-    return 8.0, 5.0
 
 
 def _short(value) -> str:

@@ -27,6 +27,7 @@ machine that reaches the tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,6 +44,8 @@ from mlflow.exceptions import MlflowException
 
 from fer.config import TrainConfig, from_dict
 from fer.data.cache import default_cache_dir
+from fer.utils.atomic import atomic_output, write_atomic
+from fer.utils.locks import LockHeld, SittingLock
 
 PARAM_PREFIX = "config."
 METADATA = "training_metadata.json"
@@ -57,6 +60,31 @@ class ResumeError(RuntimeError):
 def checkpoint_dir(run_id: str) -> Path:
     root = os.environ.get("FER_CHECKPOINT_DIR") or default_cache_dir() / "checkpoints"
     return Path(root) / run_id
+
+
+@contextlib.contextmanager
+def resume_lock(run_id: str):
+    """Hold run `run_id`'s resume lock for the block: one sitting of a run at a time, on this machine's checkpoints.
+
+    A second `fer train --resume <id>` (a re-send of the outbox included) while
+    one is going would log a second model and every metric twice: it fails at
+    once with a ResumeError naming the holder ("run <id> is being resumed by pid
+    N on host H since ..."). The lock is a file beside the checkpoint folder;
+    the kernel releases it when its holder dies, so a killed sitting never blocks.
+
+    Example:
+        with resume_lock(run_id):
+            train(config, resume=run_id)
+    """
+    lock = SittingLock(checkpoint_dir(run_id).with_name(f".{run_id}.lock"), f"run {run_id} is being resumed")
+    try:
+        lock.acquire()
+    except LockHeld as err:
+        raise ResumeError(str(err)) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +120,8 @@ def load_checkpoint(directory: Path) -> SavedCheckpoint | None:
         return saved
     if problems:
         raise ResumeError(
-            f"No usable checkpoint in {directory}: " + "; ".join(problems) + ". Resuming would repeat "
-            "epochs already logged; start a new run with the same configuration instead "
-            "(fer train <phase> with the run's settings), or restore the folder from a backup."
+            f"No usable checkpoint in {directory}: " + "; ".join(problems) + "; start a new run with the same "
+            "configuration instead (fer train <phase> with the run's settings), or restore the folder from a backup."
         )
     return None
 
@@ -180,11 +207,9 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 def save_checkpoint(model: keras.Model, directory: Path, epoch: int, history: dict, callbacks: dict) -> None:
     """Write the checkpoint of `epoch`; the previous one stays usable until this one is complete."""
-    directory.mkdir(parents=True, exist_ok=True)
     weights_name = f"epoch-{epoch:04d}.weights.h5"
-    partial = directory / f"partial-{weights_name}"  # Keras wants the .weights.h5 ending
-    model.save_weights(partial, overwrite=True)
-    os.replace(partial, directory / weights_name)
+    with atomic_output(directory / weights_name, "the checkpoint's weights") as partial:
+        model.save_weights(partial, overwrite=True)
     metadata = {
         "epoch": epoch,
         "weights": weights_name,
@@ -195,7 +220,7 @@ def save_checkpoint(model: keras.Model, directory: Path, epoch: int, history: di
     current = directory / METADATA
     if current.exists():
         os.replace(current, directory / PREVIOUS_METADATA)
-    _write_atomically(current, json.dumps(metadata))
+    write_atomic(current, json.dumps(metadata), "the checkpoint's metadata")
     _remove_unreferenced_weights(directory)
 
 
@@ -209,15 +234,6 @@ def _remove_unreferenced_weights(directory: Path) -> None:
     for path in directory.glob("*.weights.h5"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -315,8 +331,8 @@ def fetch_checkpoint(client: MlflowClient, run_id: str, directory: Path) -> bool
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(run_id, ARTIFACT_PATH, tmp))
         for name in sorted(names, key=lambda n: n.endswith(".json")):  # metadata last: it names weights
-            shutil.copyfile(local / name, directory / f".{name}.tmp")
-            os.replace(directory / f".{name}.tmp", directory / name)
+            with atomic_output(directory / name, "the downloaded checkpoint") as copy:
+                shutil.copyfile(local / name, copy)
     return True
 
 
@@ -357,11 +373,14 @@ def resumable_checkpoint(client: MlflowClient, run_id: str) -> SavedCheckpoint |
     if run.info.status == "FINISHED":
         raise ResumeError(f"Run {run_id} already FINISHED; there is nothing to resume.")
     directory = checkpoint_dir(run_id)
-    saved = load_checkpoint(directory)
-    if saved is None and fetch_checkpoint(client, run_id, directory):
-        print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
-        saved = load_checkpoint(directory)
     logged = client.get_metric_history(run_id, "loss")
+    try:
+        saved = load_checkpoint(directory)
+        if saved is None and fetch_checkpoint(client, run_id, directory):
+            print(f"Fetched run {run_id}'s checkpoint from the tracking server into {directory}.")
+            saved = load_checkpoint(directory)
+    except ResumeError as err:
+        raise ResumeError(_unusable(err, run_id, len(logged), directory)) from None
     if saved is not None and len(logged) > saved.epoch:
         warnings.warn(
             f"Run {run_id} logged {len(logged)} epochs but its checkpoint holds {saved.epoch} (an upload every "
@@ -377,6 +396,17 @@ def resumable_checkpoint(client: MlflowClient, run_id: str) -> SavedCheckpoint |
             "or start a new run."
         )
     return saved
+
+
+def _unusable(err: ResumeError, run_id: str, logged: int, directory: Path) -> str:
+    """Why a resume without a usable checkpoint is refused: it would repeat logged epochs, or there are none."""
+    problems = str(err).split("; start a new run")[0]
+    if logged:
+        return (f"{problems}. Run {run_id} logged {logged} epochs: resuming without its checkpoint would repeat "
+                "them; start a new run with the same configuration (fer train <phase> with the run's settings), or "
+                "restore the folder from a backup.")
+    return (f"{problems}. No epoch of run {run_id} reached the tracking server, so nothing would be repeated: "
+            f"remove {directory} and resume again to train it from its first epoch, or start a new run.")
 
 
 def fill_metric_gaps(client: MlflowClient, run_id: str, history: dict[str, list[float]]) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 import mlflow
 
 from fer.tracking import TrackingServerError, server_unreachable
+from fer.utils.atomic import write_atomic
 
 RECORD_NAME = "unsent.json"
 
@@ -96,6 +97,6 @@ def write_record(directory: Path, *, run_id: str, tracking_uri: str, phase: str,
         "resend": resend_command(phase, run_id),
     }
     path = directory / RECORD_NAME
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2) + "\n", "the outbox record")
     return path
 

@@ -72,6 +72,7 @@ from fer.training.checkpoints import (
     fill_metric_gaps,
     restore,
     resumable_checkpoint,
+    resume_lock,
     upload_checkpoint,
 )
 from fer.config import TrainConfig
@@ -141,8 +142,18 @@ def train(
     if not distribute.is_chief():
         _train_worker(config, use_cache)
         return None
+    # One sitting of a run at a time: a second resume (or outbox re-send) of it is refused, naming the first.
+    start = _RunStart(resume=resume, parent_run_id=parent_run_id, run_name=run_name, tags=tags)
+    with resume_lock(resume) if resume else contextlib.nullcontext():
+        return _train_chief(config, start, experiment=experiment, use_cache=use_cache, callbacks=callbacks)
+
+
+def _train_chief(config: TrainConfig, start: _RunStart, *, experiment: str | None, use_cache: bool,
+                 callbacks: list[keras.callbacks.Callback] | None) -> str:
+    """Steps 1-9 of `train`: the run on the chief, or on the one machine."""
     configure_tracking(experiment)
     client = MlflowClient()
+    resume = start.resume
     config, resumed = _resume(client, resume, config) if resume else (config, None)
 
     # 1-3. Data, pipeline and model (its weights and optimizer state from the checkpoint when resuming)
@@ -152,7 +163,7 @@ def train(
     # autologging's model has no input example, and its dataset logging would
     # iterate the augmented tf.data pipeline instead of the source arrays.
     mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
-    start = _RunStart(resume, resumed, parent_run_id, run_name, tags)
+    start = dataclasses.replace(start, resumed=resumed)
     with _tracked_run(client, config, prepared, start) as run:
         run_id = run.info.run_id
         directory = checkpoint_dir(run_id)
@@ -224,11 +235,12 @@ class _RunStart:
 @contextlib.contextmanager
 def _tracked_run(client: MlflowClient, config: TrainConfig, prepared: "Prepared", start: _RunStart):
     """The active MLflow run for this sitting, system metrics sampled: the resumed run with this sitting noted,
-    or a new one with its tags, configuration and data logged. Ends it (FAILED on an error) on exit."""
+    or a new one with its tags, configuration and data logged. Ends it on exit: FAILED on an error, KILLED
+    on Ctrl-C or SIGTERM at any stage."""
     if start.resume:
         run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
                                        run_id=start.resume)
-        with run:
+        with run, _killed_if_interrupted(start.resume, config.phase):
             first_epoch = start.resumed.epoch + 1 if start.resumed else 1
             _note_resume(client, start.resume, config.max_minutes, first_epoch)
             yield run
@@ -237,9 +249,27 @@ def _tracked_run(client: MlflowClient, config: TrainConfig, prepared: "Prepared"
     nested = {"parent_run_id": start.parent_run_id, "nested": True} if start.parent_run_id else {}
     run = system_metrics.start_run(enabled=config.system_metrics, interval_seconds=config.system_metrics_interval,
                                    run_name=run_name, tags=start.tags, **nested)
-    with run:
+    # A sweep's trial (nested under its parent) is not resumed: a new trial replaces it.
+    with run, _killed_if_interrupted(run.info.run_id, None if start.parent_run_id else config.phase):
         _log_run_header(config, prepared, run_name)
         yield run
+
+
+@contextlib.contextmanager
+def _killed_if_interrupted(run_id: str, phase: str | None):
+    """Ctrl-C or SIGTERM at any stage of the run (its header, its epochs, its logging after them) ends it KILLED.
+
+    MLflow's own `with start_run()` would end it FAILED: an interruption is not a failure.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:  # not yet ended KILLED by `_log_interrupted`
+            mlflow.end_run("KILLED")
+            hint = f" Resume it with: fer train {phase} --resume {run_id}" if phase else ""
+            print(f"\nRun {run_id} interrupted: ended KILLED.{hint}", file=sys.stderr)
+        raise
 
 
 def _run_name(config: TrainConfig) -> str:
