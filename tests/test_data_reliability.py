@@ -8,6 +8,7 @@ file, never a raw traceback, a hang or a giant allocation.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -397,9 +398,13 @@ def test_row12_inspect_refuses_an_unwritable_figure_path_before_loading(output, 
 def test_row12_a_figure_that_cannot_be_saved_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
-    # Its folder exists, so the early check passes; the OS then refuses to create the file behind the link.
-    Path("x.png").symlink_to(tmp_path / "gone" / "x.png")
+    # Its folder exists, so the early check passes; the disk then fills while the figure is written.
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", disk_full)
     result = CliRunner().invoke(main, ["data", "inspect", "synthetic:64", "-o", "x.png"])
     assert result.exit_code == 1, result.output
-    assert "Error: Cannot write the figure to 'x.png': No such file or directory" in result.output
+    assert "Error: Cannot write the figure to x.png: disk full" in result.output
     assert isinstance(result.exception, SystemExit)
+    assert list(tmp_path.glob("x*")) == []  # nothing torn, no temporary file left
