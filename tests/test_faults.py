@@ -70,6 +70,17 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_and_says_disk_f
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["report.csv"]
 
 
+def test_a_write_through_a_link_replaces_the_file_it_names_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "out.csv").write_text("old")
+    link = tmp_path / "out.csv"
+    link.symlink_to(tmp_path / "real" / "out.csv")
+    with atomic_output(link, "the CSV") as temporary:
+        temporary.write_text("new")
+    assert link.is_symlink() and (tmp_path / "real" / "out.csv").read_text() == "new"
+    assert sorted(path.name for path in (tmp_path / "real").iterdir()) == ["out.csv"]
+
+
 def test_a_target_under_a_regular_file_is_one_line_saying_so(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="a part of the path is a file, not a folder") as caught:

@@ -97,7 +97,9 @@ class AtomicOutput:
     """
 
     def __init__(self, path: str | Path, what: str = "the file", *, sync: bool = True):
-        self.path, self.what, self.sync = Path(path), what, sync
+        # Through a link to the file it names: the link stays a link (a rename onto it would replace it).
+        self.path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+        self.what, self.sync = what, sync
         make_parent(self.path, what)
         # The suffix is kept: encoders and exporters choose their format by it.
         # The last two suffixes are kept: Keras wants ".weights.h5", encoders and exporters go by the last.
