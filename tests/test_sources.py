@@ -177,6 +177,19 @@ def test_ferplus_majority(ferplus_root):
         assert set(np.unique(split.targets)) <= {0.0, 1.0}
 
 
+def test_ferplus_label_files_as_generate_training_data_writes_them_without_the_face_box(ferplus_root):
+    # Microsoft's generate_training_data.py writes label.csv from fer2013new.csv: name and 10 votes, 11 columns.
+    root, images = ferplus_root
+    with_box = load_ferplus(root)
+    for folder, rows in (("FER2013Train", TRAIN_ROWS), ("FER2013Valid", VALID_ROWS)):
+        write_label_csv(root / folder, [[name, *vote_counts] for name, vote_counts in rows])
+    without_box = load_ferplus(root)
+    assert without_box.bad == () and without_box.dropped == with_box.dropped
+    for name, split in with_box.items():
+        np.testing.assert_array_equal(getattr(without_box, name).images, split.images)
+        np.testing.assert_array_equal(getattr(without_box, name).targets, split.targets)
+
+
 def test_ferplus_probability(ferplus_root):
     root, images = ferplus_root
     splits = load_ferplus(root, label_mode="probability")

@@ -6,8 +6,10 @@ Each folder holds the 48x48 PNG faces and a headerless `label.csv`:
 
 image name, face box (left, top, right, bottom), then the votes of 10
 annotators for neutral, happiness, surprise, sadness, anger, disgust, fear,
-contempt, unknown, NF (not a face). This is what FERPlus's
-`generate_training_data.py` writes.
+contempt, unknown, NF (not a face), as the FERPlus repository's `data/`
+folder has them. Its `generate_training_data.py` rewrites each label.csv from
+fer2013new.csv without the face box (11 columns); such a row is the whole
+48x48 face, so both forms are read.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"
 LABEL_FILE = "label.csv"
 VOTE_COLUMNS = NUM_CLASSES + 2  # the 8 emotions, unknown, NF
 ROW_COLUMNS = 2 + VOTE_COLUMNS
+ROW_COLUMNS_WITHOUT_BOX = 1 + VOTE_COLUMNS  # as generate_training_data.py writes label.csv
+FULL_FACE_BOX = f"(0, 0, {IMAGE_SIZE}, {IMAGE_SIZE})"
 UNKNOWN, NOT_A_FACE = NUM_CLASSES, NUM_CLASSES + 1
 
 # ASCII digits, at most 9: int() of a 5,000-digit string would raise, and no image is that large.
@@ -153,10 +157,13 @@ def _load_split(folder: Path, name: str, label_mode: LabelMode, bad: BadItems, p
     for line, row in csv_rows(labels_path):
         rows += 1
         where = f"{printable(labels_path)}, line {line}"
+        if len(row) == ROW_COLUMNS_WITHOUT_BOX:
+            row = [row[0], FULL_FACE_BOX, *row[1:]]
         if len(row) != ROW_COLUMNS:
             bad.add(
                 where,
-                f"expected {ROW_COLUMNS} columns (image name, face box, {VOTE_COLUMNS} vote counts), got {len(row)}",
+                f"expected {ROW_COLUMNS} columns (image name, face box, {VOTE_COLUMNS} vote counts) or "
+                f"{ROW_COLUMNS_WITHOUT_BOX} (no face box), got {len(row)}",
             )
             continue
         image_name = row[0].strip()
