@@ -6,15 +6,16 @@ For each precision, in a fresh process of its own (so that a Keras dtype policy 
 oneDNN kernel cache never carries over), one after the other on the same cores:
 
 - the ceiling: TensorFlow's own `tf.linalg.matmul` of two n x n matrices (n 2048;
-  1024 with --quick), float32 or bfloat16, in a `tf.function`, warmed up; the median
-  of the repeats, 2 n^3 / t FLOP/s. It is measured before and after the network and
-  the median of both sets is used, so that load arriving mid-run hits both sides;
+  1024 with --quick), float32 or bfloat16, in a `tf.function`, warmed up; 2 n^3 / t FLOP/s;
 - training: phase 2 (`fer.models.build_model("final")`, compiled as a run compiles it,
   `fer.training.train.compile_model`: Adam, categorical cross-entropy, accuracy; the
   Keras dtype policy float32 or mixed_bfloat16, XLA off) stepped with `train_on_batch`
-  on batch 64 of in-memory random faces (0-255, float32), the median step after
-  warm-up steps;
-- inference: `predict_on_batch` on 256 random faces, the median call after warm-up.
+  on batch 64 of in-memory random faces (0-255, float32);
+- inference: `predict_on_batch` on 256 random faces.
+
+After 3 warm-up calls of each, 12 rounds (4 with --quick) each time 3 matmuls, one training
+step and one prediction, interleaved so that load arriving mid-run hits all three; the
+table has the medians, and the median of the rounds' own ratios beside them.
 
 FLOPs are counted analytically from the built model, one multiply-add = 2 FLOPs:
 Conv2D 2 K K Cin Cout Hout Wout, Dense 2 In Out, per face (BatchNorm, ReLU, pooling,
@@ -103,51 +104,39 @@ def run_precision(precision: str, quick: bool) -> dict:
     from fer.training.train import compile_model
 
     n = 1024 if quick else 2048
-    matmul_repeats, train_steps, predict_calls = (5, 4, 2) if quick else (10, 12, 5)
+    rounds = 4 if quick else 12
     dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
     a = tf.random.normal([n, n], dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
     matmul = tf.function(lambda a, b: tf.linalg.matmul(a, b))
-
-    def time_matmul():
-        for _ in range(2):
-            matmul(a, b).numpy()
-        times = []
-        for _ in range(matmul_repeats):
-            started = time.perf_counter()
-            matmul(a, b).numpy()
-            times.append(time.perf_counter() - started)
-        return times
-
-    matmul_times = time_matmul()
 
     config = load_config("phase2", {"data": "synthetic:64", "dtype_policy": precision, "jit_compile": "false"})
     model = compile_model(config)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (TRAIN_BATCH, 48, 48, 1)).astype(np.float32)
     y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, TRAIN_BATCH)]
-    train_times = []
-    for step in range(3 + train_steps):  # 3 warm-up steps: tracing, oneDNN primitive creation
-        started = time.perf_counter()
-        model.train_on_batch(x, y)
-        if step >= 3:
-            train_times.append(time.perf_counter() - started)
-
     faces = rng.uniform(0, 255, (PREDICT_BATCH, 48, 48, 1)).astype(np.float32)
-    predict_times = []
-    for call in range(2 + predict_calls):
-        started = time.perf_counter()
-        model.predict_on_batch(faces)
-        if call >= 2:
-            predict_times.append(time.perf_counter() - started)
-
-    matmul_times += time_matmul()  # after the network too: see the docstring
+    work = {
+        "matmul_s": lambda: matmul(a, b).numpy(),
+        "train_s": lambda: model.train_on_batch(x, y),
+        "predict_s": lambda: model.predict_on_batch(faces),
+    }
+    for call in work.values():  # warm-up: tracing, oneDNN primitive creation
+        for _ in range(3):
+            call()
+    # Interleaved rounds (3 matmuls, a training step, a prediction): load arriving mid-run
+    # slows all three alike, so each round's ratio holds even when the rates swing.
+    times = {name: [] for name in work}
+    for _ in range(rounds):
+        for name, call in work.items():
+            for _ in range(3 if name == "matmul_s" else 1):
+                started = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - started)
     return {
         "precision": precision,
         "n": n,
-        "matmul_s": matmul_times,
-        "train_s": train_times,
-        "predict_s": predict_times,
+        **times,
         "forward_flops": forward_flops(model),
         "profiler_forward_flops": profiler_flops(model, 1),
         "parameters": model.count_params(),
@@ -171,7 +160,7 @@ def main() -> None:
     print(f"machine: {describe('tensorflow', 'keras')}")
     print(f"CPU flags: {cpu_flags()}")
     print(f"load average at start: {load_average()}")
-    print(f"{'quick: n 1024, 4 training steps' if args.quick else 'n 2048, 12 training steps'}; "
+    print(f"{'quick: n 1024, 4 rounds' if args.quick else 'n 2048, 12 rounds'}; "
           f"train batch {TRAIN_BATCH}, predict batch {PREDICT_BATCH}\n", flush=True)
     results = []
     for precision in precisions:
@@ -194,8 +183,8 @@ def main() -> None:
 def table(results: list[dict]) -> str:
     rows = [
         "| precision | matmul n | matmul GFLOP/s | train step ms | train faces/s | train GFLOP/s | train / matmul "
-        "| predict faces/s | predict GFLOP/s | predict / matmul |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| predict faces/s | predict GFLOP/s | predict / matmul | per-round ratios, median: train, predict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         ceiling = 2 * r["n"] ** 3 / statistics.median(r["matmul_s"]) / 1e9
@@ -204,7 +193,8 @@ def table(results: list[dict]) -> str:
         predict = r["forward_flops"] * PREDICT_BATCH / call / 1e9
         rows.append(
             f"| {r['precision']} | {r['n']} | {ceiling:.0f} | {step * 1e3:.0f} | {TRAIN_BATCH / step:.1f} "
-            f"| {train:.0f} | {train / ceiling:.0%} | {PREDICT_BATCH / call:.0f} | {predict:.0f} | {predict / ceiling:.0%} |"
+            f"| {train:.0f} | {train / ceiling:.0%} | {PREDICT_BATCH / call:.0f} | {predict:.0f} | {predict / ceiling:.0%} "
+            f"| {_round_ratio(r, 'train_s', 3 * TRAIN_BATCH):.0%}, {_round_ratio(r, 'predict_s', PREDICT_BATCH):.0%} |"
         )
     if len(results) == 2:
         (a, b) = results
@@ -214,6 +204,15 @@ def table(results: list[dict]) -> str:
                     f"predict {statistics.median(a['predict_s']) / statistics.median(b['predict_s']):.2f}x "
                     "(above 1: faster)")
     return "\n".join(rows)
+
+
+def _round_ratio(r: dict, key: str, faces_flops: int) -> float:
+    """The median over rounds of (the round's rate) / (the median of that round's 3 matmuls' rate)."""
+    ratios = []
+    for i, seconds in enumerate(r[key]):
+        ceiling = 2 * r["n"] ** 3 / statistics.median(r["matmul_s"][3 * i:3 * i + 3])
+        ratios.append(r["forward_flops"] * faces_flops / seconds / ceiling)
+    return statistics.median(ratios)
 
 
 def _ms(times: list[float]) -> str:
@@ -231,7 +230,7 @@ def run_child(precision: str, quick: bool) -> dict:
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a 30-second check: smaller matmul, fewer steps")
+    parser.add_argument("--quick", action="store_true", help="a check of under a minute: n 1024, 4 rounds")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--child", choices=PRECISIONS, help=argparse.SUPPRESS)
     return parser.parse_args()
