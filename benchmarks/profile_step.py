@@ -24,7 +24,10 @@ Three parts, each in a fresh process of its own, one after the other:
    input pipeline alone (the project's tf.data iterator, with and without augmentation),
    and the whole step of a copy of the network whose batch norm uses TensorFlow's fused
    kernel (`with_fused_batch_norm`: Keras 3 builds batch norm from elementwise ops),
-   the median of repeats each, as shares of the whole step measured in the same process.
+   the median of repeats each, as shares of the whole step measured in the same process;
+   the rounds interleave the parts, and each part's ratio to the whole step of its own
+   round is given too (its median over rounds), which holds when the load changes
+   between rounds.
 3. **Threads and oneDNN**: TensorFlow's intra- and inter-op thread settings,
    OMP_NUM_THREADS and the CPU affinity; then one step run with ONEDNN_VERBOSE=1: every
    oneDNN primitive executed, counted by kind and implementation (is the convolution a
@@ -391,11 +394,14 @@ def main() -> None:
     parts = run_child("ablations", args)
     whole = statistics.median(parts["whole step (train_on_batch)"])
     print(f"## 2. Ablations ({args.repeats} interleaved rounds, medians; in-memory batch)\n")
-    print("| part | ms | vs whole step | rounds, ms |")
-    print("| --- | ---: | ---: | --- |")
+    wholes = parts["whole step (train_on_batch)"]
+    print("| part | ms | vs whole step | vs whole step, median of the rounds' own ratios | rounds, ms |")
+    print("| --- | ---: | ---: | ---: | --- |")
     for name, times in parts.items():
         median = statistics.median(times)
-        print(f"| {name} | {median * 1e3:.1f} | {median / whole:.1%} | {', '.join(f'{t * 1e3:.0f}' for t in times)} |")
+        per_round = statistics.median(t / w for t, w in zip(times, wholes))
+        print(f"| {name} | {median * 1e3:.1f} | {median / whole:.1%} | {per_round:.1%} "
+              f"| {', '.join(f'{t * 1e3:.0f}' for t in times)} |")
     fwd, fwd_bwd = (statistics.median(parts[k]) for k in ("forward (training=True)", "forward + backward (gradients)"))
     update = statistics.median(parts["optimizer update (apply_gradients)"])
     print(f"\nbackward alone {(fwd_bwd - fwd) * 1e3:.0f} ms = {(fwd_bwd - fwd) / fwd:.2f}x the forward; "
