@@ -25,13 +25,14 @@ install keras jax jaxlib torch numpy`) so that the project's stays as it is. The
 process builds both and checks that the replica has fer.models' layers, output shapes and
 parameter count, so the backends train the same network.
 
-Each process times `train_on_batch` (or the plain step) on the same batch: 3 warm-up steps
-(tracing, compilation, kernel selection), then the median of `--steps`. A backend that
-cannot be imported is reported and skipped. Prints the machine, the CPU flags, the load
-average at the start and the end, each backend's thread count, and each step time as a
-ratio to TensorFlow's measured in the same run. Backends run one after the other, twice,
-in alternating order (tensorflow, jax, torch, pytorch, then back), so that load from other
-processes hits all of them; the median of both rounds is reported.
+Each process builds its model and runs 3 warm-up steps of `train_on_batch` (or the plain
+step) on the same batch (tracing, compilation, kernel selection), one process after the
+other; then all stay alive, idle, and the parent asks them for one timed step each in
+turn, `--steps` rounds, the order reversed every other round: only one backend computes
+at a time, and load from other processes hits every backend within a round. A backend
+that cannot be imported or built is reported and skipped. Prints the machine, the CPU
+flags, the load average at the start and the end, each backend's thread count, the
+median step and its ratio to TensorFlow's, and the median of the rounds' own ratios.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,19 +88,8 @@ def _batch():
     return x, y
 
 
-def _time(step, steps: int) -> list[float]:
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def run_keras(backend: str, steps: int) -> dict:
-    """One Keras backend's train_on_batch times (the environment's KERAS_BACKEND is already `backend`)."""
+def keras_step(backend: str):
+    """(facts, one train_on_batch step) of a Keras backend (the environment's KERAS_BACKEND is already `backend`)."""
     import keras
 
     assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
@@ -138,12 +129,11 @@ def run_keras(backend: str, steps: int) -> dict:
     info["jit_compile"] = str(model.jit_compile)
     info["parameters"] = model.count_params()
     info["keras"] = keras.__version__
-    info["times"] = _time(lambda: model.train_on_batch(x, y), steps)
-    return info
+    return info, lambda: model.train_on_batch(x, y)
 
 
-def run_pytorch(steps: int) -> dict:
-    """The same network in plain torch.nn, channels-last, one eager Adam step per batch."""
+def pytorch_step():
+    """(facts, one eager Adam step) of the same network in plain torch.nn, channels-last."""
     import torch
     from torch import nn
 
@@ -172,76 +162,120 @@ def run_pytorch(steps: int) -> dict:
 
     parameters = sum(p.numel() for p in model.parameters()) + sum(b.numel() for n, b in model.named_buffers()
                                                                    if "running" in n)
-    return {"times": _time(step, steps), "version": f"torch {torch.__version__}",
-            "threads": f"torch.get_num_threads() {torch.get_num_threads()}", "parameters": parameters,
-            "jit_compile": "eager", "keras": "-"}
+    return {"version": f"torch {torch.__version__}", "threads": f"torch.get_num_threads() {torch.get_num_threads()}",
+            "parameters": parameters, "jit_compile": "eager", "keras": "-"}, step
 
 
-def child(backend: str, steps: int) -> dict:
+def child(backend: str) -> None:
+    """Warm up, say READY with the backend's facts, then time one step per "step" line on stdin."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run_pytorch(steps) if backend == "pytorch" else run_keras(backend, steps)
+    info, step = pytorch_step() if backend == "pytorch" else keras_step(backend)
+    for _ in range(WARMUP):
+        step()
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        started = time.perf_counter()
+        step()
+        print(f"TIME {time.perf_counter() - started}", flush=True)
 
 
-def run_child(backend: str, args) -> dict:
-    python = sys.executable if backend == "tensorflow" else args.peers
-    if not Path(python).exists():
-        return {"skipped": f"no interpreter at {python} (see the docstring for the virtual environment)"}
-    env = {**os.environ, "KERAS_BACKEND": "torch" if backend == "pytorch" else backend}
-    command = [python, __file__, "--child", backend, "--steps", str(args.steps)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "benchmarks", env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"skipped": f"exit {done.returncode}: {tail[:300]}"}
-    return json.loads(lines[-1].removeprefix("RESULT "))
+class Backend:
+    """One backend's process: started, warmed up, then stepped on request; `skipped` says why not."""
+
+    def __init__(self, name: str, args):
+        self.name, self.times, self.info, self.skipped, self.process = name, [], {}, None, None
+        python = sys.executable if name == "tensorflow" else args.peers
+        if not Path(python).exists():
+            self.skipped = f"no interpreter at {python} (see the docstring for the virtual environment)"
+            return
+        self.log = tempfile.TemporaryFile(mode="w+")  # stderr: a file, so that a chatty backend never blocks
+        env = {**os.environ, "KERAS_BACKEND": "torch" if name == "pytorch" else name}
+        self.process = subprocess.Popen([python, __file__, "--child", name], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT / "benchmarks",
+                                        env=env)
+        reply = self._read("READY ")
+        if reply is None:
+            self.log.seek(0)
+            tail = (self.log.read().strip().splitlines() or ["(no output)"])[-1]
+            self.skipped = f"exit {self.process.wait()}: {tail[:300]}"
+        else:
+            self.info = json.loads(reply)
+
+    def step(self) -> float:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        seconds = float(self._read("TIME "))
+        self.times.append(seconds)
+        return seconds
+
+    def close(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait()
+
+    def _read(self, prefix: str) -> str | None:
+        for line in self.process.stdout:
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+        return None
 
 
 def main() -> None:
     args = parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.steps)))
+        child(args.child)
         return
-    backends = args.only.split(",")
-    if unknown := sorted(set(backends) - set(BACKENDS)) or "tensorflow" not in backends:
+    names = args.only.split(",")
+    if unknown := sorted(set(names) - set(BACKENDS)) or "tensorflow" not in names:
         sys.exit(f"--only takes {', '.join(BACKENDS)} and must include tensorflow (the reference); got {args.only}")
     started = time.monotonic()
     print(f"machine: {describe('tensorflow', 'keras')}")
     print(f"CPU flags: {cpu_flags()}")
     print(f"load average at start: {load_average()}")
-    print(f"phase 2, batch {BATCH}, float32, {WARMUP} warm-up steps then {args.steps} timed, 2 rounds\n", flush=True)
-    results = {backend: [] for backend in backends}
-    for order in (backends, backends[::-1]):
-        for backend in order:
-            result = run_child(backend, args)
-            results[backend].append(result)
-            if "skipped" in result:
-                print(f"{backend}: skipped ({result['skipped']})", flush=True)
-            else:
-                print(f"{backend}: steps {', '.join(f'{t * 1e3:.0f}' for t in result['times'])} ms "
-                      f"({result['version']}, {result['threads']})", flush=True)
+    print(f"phase 2, batch {BATCH}, float32, {WARMUP} warm-up steps, then {args.steps} rounds of one step per "
+          "backend\n", flush=True)
+    backends = []
+    for name in names:  # started and warmed up one at a time
+        backend = Backend(name, args)
+        backends.append(backend)
+        print(f"{name}: " + (f"skipped ({backend.skipped})" if backend.skipped else
+                             f"ready ({backend.info['version']}, {backend.info['threads']})"), flush=True)
+    live = [b for b in backends if not b.skipped]
+    try:
+        for round_index in range(args.steps):
+            for backend in (live if round_index % 2 == 0 else live[::-1]):
+                backend.step()
+    finally:
+        for backend in live:
+            backend.close()
+    for backend in live:
+        print(f"{backend.name}: steps {', '.join(f'{t * 1e3:.0f}' for t in backend.times)} ms")
     print()
-    reference = _median(results["tensorflow"])
-    print("| backend | version | parameters | compiled | step ms (median) | faces/s | time vs tensorflow | speed vs tensorflow |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    reference = next(b for b in backends if b.name == "tensorflow")
+    if reference.skipped:
+        sys.exit(f"tensorflow, the reference, did not run: {reference.skipped}")
+    tf_step = statistics.median(reference.times)
+    print("| backend | version | parameters | compiled | step ms (median) | faces/s | time vs tensorflow "
+          "| speed vs tensorflow | speed vs tensorflow, median of the rounds' own ratios |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for backend in backends:
-        ran = [r for r in results[backend] if "skipped" not in r]
-        if not ran:
-            print(f"| {backend} | skipped: {results[backend][0]['skipped']} | | | | | | |")
+        if backend.skipped:
+            print(f"| {backend.name} | skipped: {backend.skipped} | | | | | | | |")
             continue
-        step = _median(ran)
-        print(f"| {backend} | {ran[0]['version']}, keras {ran[0]['keras']} | {ran[0]['parameters']:,} "
-              f"| {ran[0]['jit_compile']} | {step * 1e3:.0f} | {BATCH / step:.1f} "
-              f"| {step / reference:.2f}x | {reference / step:.2f}x |")
+        step, info = statistics.median(backend.times), backend.info
+        per_round = statistics.median(t / b for t, b in zip(reference.times, backend.times))
+        print(f"| {backend.name} | {info['version']}, keras {info['keras']} | {info['parameters']:,} "
+              f"| {info['jit_compile']} | {step * 1e3:.0f} | {BATCH / step:.1f} "
+              f"| {step / tf_step:.2f}x | {tf_step / step:.2f}x | {per_round:.2f}x |")
     print(f"\nload average at end: {load_average()}; {time.monotonic() - started:.0f} s")
-
-
-def _median(results: list[dict]) -> float:
-    return statistics.median(t for r in results if "skipped" not in r for t in r["times"])
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per backend and round")
+    parser.add_argument("--steps", type=int, default=12, help="rounds, each one timed step of every backend")
     parser.add_argument("--peers", default=PEERS, help="the Python of the virtual environment with JAX and PyTorch")
     parser.add_argument("--only", default=",".join(BACKENDS))
     parser.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
