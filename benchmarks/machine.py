@@ -31,6 +31,28 @@ def load_note() -> str:
     return f"load average {load:.2f} on {cores} cores"
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, e.g. '1.52 1.40 1.38' (printed at a run's start and end)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """Which of the instruction sets that matter to matmul and convolution kernels the CPU reports (Linux).
+
+    Example: 'avx2 fma avx512f avx512_bf16 ... amx_bf16 (missing: none)'.
+    """
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo)"
+    present = set(line.split(":", 1)[1].split())
+    missing = [flag for flag in SPEED_FLAGS if flag not in present]
+    return " ".join(flag for flag in SPEED_FLAGS if flag in present) + f" (missing: {' '.join(missing) or 'none'})"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
     try:

@@ -14,8 +14,10 @@ Two settings of `experiments/<phase>.yaml` (or `--set key=value`):
 
 Why `auto` leaves both off on a CPU: on the project's 2-core machines XLA made
 a phase-2 epoch 2.3x slower and mixed bfloat16 1.1x slower, although that CPU
-has AVX-512 BF16 (`python benchmarks/training.py --modes bare,bare-xla,bare-bf16`,
-BENCHMARKS.md).
+(an AMD EPYC) has AVX-512 BF16 (`python benchmarks/training.py --modes bare,bare-xla,bare-bf16`,
+BENCHMARKS.md). On a CPU with AMX (`amx_bf16` in /proc/cpuinfo) mixed bfloat16
+made the training step 2x faster instead (`python benchmarks/ceiling.py`, issue #28);
+`auto` does not pick it there yet: that waits for a pinned-epoch FER+ accuracy check.
 On GPUs both are the standard ways to go faster.
 
 Every run logs what the settings resolved to (`acceleration.*` params).
