@@ -20,7 +20,8 @@ except ImportError:  # Windows: no advisory locks; one process at a time there
 
 DEFAULT_EXPERIMENT = "fer"
 # What MLflow says while another process is half-way through creating a new store's tables.
-MIGRATING = ("already exists", "database is locked", "out-of-date database schema", "no such table")
+MIGRATING = ("already exists", "database is locked", "out-of-date database schema", "no such table", "no such column",
+             "duplicate column")
 INIT_ATTEMPTS = 8  # tries at creating a new SQLite store while another process creates it (about 18 s in all)
 
 # Tags every project run carries, so compare and promote can find runs by meaning.

@@ -320,18 +320,20 @@ def test_a_second_sitting_is_refused_and_a_sigkilled_sitting_s_trial_is_killed_a
 # 6. A new tracking store, created by several processes at once ---------------------------------------------------
 
 FER_PROCESS = "from fer.tracking import configure_tracking; configure_tracking('x'); import mlflow; mlflow.search_runs()"
-OUTSIDE_PROCESS = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
 
 
 @pytest.mark.slow  # starts three Python processes, twice
 @pytest.mark.parametrize("attempt", [1, 2])
 def test_processes_started_together_on_a_new_store_all_find_it_ready(tmp_path, attempt):
+    # fer's processes create a new store one at a time (a lock beside mlflow.db). A process outside fer
+    # (`mlflow ui`, a notebook) takes no lock: one that races a creation can leave MLflow's half-done
+    # migration behind (a stray _alembic_tmp_ table), which no retry repairs, so none is started here.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri}
-    started = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
-                                text=True) for code in (FER_PROCESS, FER_PROCESS, OUTSIDE_PROCESS)]
+    started = [subprocess.Popen([sys.executable, "-c", FER_PROCESS], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
     errors = [process.communicate(timeout=240)[1] for process in started]
-    for process, error in zip(started[:2], errors):  # fer's processes; the outside one takes its chances
+    for process, error in zip(started, errors):
         assert process.returncode == 0, error
 
 
