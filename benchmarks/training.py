@@ -17,7 +17,17 @@ every epoch:
   SQLite store, the learning-rate, peak-memory, history and checkpoint callbacks,
   ReduceLROnPlateau (early stopping switched off, so every mode runs every epoch);
 - bare-xla, bare-bf16: the reference with `jit_compile=True`, or under the Keras dtype
-  policy `mixed_bfloat16`: what `fer.training.acceleration`'s `auto` turns off on a CPU.
+  policy `mixed_bfloat16`.
+
+bare, pipeline and the bare-* modes use Keras's own batch norm and float32 (unless named),
+as the project did before issue #28. `full` is what a run gets on this machine
+(`dtype_policy: auto`, `batch_norm: fused`); the other full-* modes pin the two settings:
+
+- full-f32: float32, Keras's batch norm (the defaults before issue #28);
+- full-bf16: mixed_bfloat16, Keras's batch norm;
+- full-fused: float32, `fer.models.FusedBatchNormalization`.
+
+The first mode of `--modes` is the reference the ratios are taken against (bare by default).
 
 Each mode runs in a fresh Python process (so that its peak resident memory is its own
 and no TensorFlow state carries over), one after the other, and the rounds interleave
@@ -46,7 +56,17 @@ from pathlib import Path
 from machine import describe  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bare", "pipeline", "full", "bare-xla", "bare-bf16")
+# Settings each mode pins (anything else: the phase file's).
+MODES = {
+    "bare": {"dtype_policy": "float32", "batch_norm": "keras"},
+    "pipeline": {"dtype_policy": "float32", "batch_norm": "keras"},
+    "full": {},
+    "bare-xla": {"dtype_policy": "float32", "batch_norm": "keras", "jit_compile": "true"},
+    "bare-bf16": {"dtype_policy": "mixed_bfloat16", "batch_norm": "keras"},
+    "full-f32": {"dtype_policy": "float32", "batch_norm": "keras"},
+    "full-bf16": {"dtype_policy": "mixed_bfloat16", "batch_norm": "keras"},
+    "full-fused": {"dtype_policy": "float32", "batch_norm": "fused"},
+}
 
 
 # -- one mode, in its own process ------------------------------------------------------------
@@ -67,13 +87,11 @@ def run_mode(mode: str, args) -> dict:
         "phase2" if args.model == "final" else "phase1",
         {
             "model": args.model, "data": args.data, "epochs": args.epochs, "batch_size": args.batch,
-            "early_stopping.enabled": False,
-            "jit_compile": "true" if mode == "bare-xla" else "false",
-            "dtype_policy": "mixed_bfloat16" if mode == "bare-bf16" else "float32",
+            "early_stopping.enabled": False, "jit_compile": "false", **MODES[mode],
         },
     )
     timer = epoch_timer()
-    if mode == "full":
+    if mode.startswith("full"):
         train_size = _train_full(config, timer)
     else:
         import fer.training.pipeline
@@ -147,8 +165,8 @@ def main() -> None:
         return
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
-    if unknown or "bare" not in modes:
-        sys.exit(f"--modes takes {', '.join(MODES)} and must include bare (the reference); got {args.modes}")
+    if unknown or len(set(modes)) != len(modes):
+        sys.exit(f"--modes takes distinct modes among {', '.join(MODES)}; got {args.modes}")
     print(f"machine: {describe('tensorflow', 'keras', 'mlflow')}")
     print(f"model {args.model}, data {args.data}, {args.epochs} epochs of batch {args.batch}, "
           f"{args.rounds} rounds, modes {', '.join(modes)}\n")
@@ -182,10 +200,12 @@ def table(results: dict, modes: list[str]) -> str:
     def peak(mode):
         return statistics.median(result["peak_rss_mb"] for result in results[mode])
 
-    train_size = results["bare"][0]["train_size"]
-    reference_time, reference_peak = epoch_seconds("bare"), peak("bare")
+    reference = modes[0]
+    train_size = results[reference][0]["train_size"]
+    reference_time, reference_peak = epoch_seconds(reference), peak(reference)
     rows = [
-        "| mode | steady epoch, s | train images/s | time vs bare | peak memory, MiB | memory vs bare | epochs, s |",
+        f"| mode | steady epoch, s | train images/s | time vs {reference} | peak memory, MiB "
+        f"| memory vs {reference} | epochs, s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for mode in modes:
@@ -206,7 +226,7 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=3, help="per mode and round; the first is left out")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--modes", default="bare,pipeline,full")
+    parser.add_argument("--modes", default="bare,pipeline,full", help="comma-separated; the first is the reference")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 2:

@@ -14,16 +14,46 @@ def test_jit_compile_setting_maps_to_keras_compile_argument():
     assert acceleration.jit_compile_argument("FALSE") is False
 
 
-def test_auto_resolves_to_float32_and_no_xla_on_a_machine_without_gpus():
+def _without_gpus():
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: auto turns both on")
+
+
+def test_auto_resolves_to_float32_and_no_xla_on_a_cpu_without_amx(monkeypatch):
+    _without_gpus()
+    monkeypatch.setattr(acceleration, "cpu_has_amx_bf16", lambda: False)
     assert acceleration.resolve_dtype_policy("auto") == "float32"
     assert acceleration.resolve_dtype_policy("mixed_bfloat16") == "mixed_bfloat16"
     model = build_model("baseline")
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile="auto")
     assert acceleration.params(model) == {"acceleration.jit_compile": False, "acceleration.dtype_policy": "float32"}
+
+
+def test_auto_resolves_to_mixed_bfloat16_on_a_cpu_with_amx(monkeypatch):
+    _without_gpus()
+    monkeypatch.setattr(acceleration, "cpu_has_amx_bf16", lambda: True)
+    assert acceleration.resolve_dtype_policy("auto") == "mixed_bfloat16"
+    assert acceleration.resolve_dtype_policy("float32") == "float32"  # an explicit setting always wins
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True),
+        ("fpu sse2 avx512f avx512_bf16", False),  # AVX-512 BF16 alone (AMD EPYC): bfloat16 was slower there
+        ("fpu sse2 amx_bf16x", False),  # a flag that merely starts the same
+    ],
+)
+def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU amx_bf16\nflags\t\t: {flags}\n\n")
+    assert acceleration.cpu_has_amx_bf16(cpuinfo) is expected
+
+
+def test_no_cpuinfo_means_no_amx(tmp_path):
+    assert acceleration.cpu_has_amx_bf16(tmp_path / "missing") is False
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

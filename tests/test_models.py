@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fer.config import MODELS
-from fer.models import BUILDERS, build_model
+from fer.models import BUILDERS, FusedBatchNormalization, build_model, plain_keras_config
 
 
 def _non_trainable(model):
@@ -145,3 +145,91 @@ def test_a_temperature_layer_refuses_a_temperature_that_is_not_above_zero():
 
     with pytest.raises(ValueError, match="temperature must be a finite number above 0; got 0.0"):
         TemperatureScaling(0)
+
+
+# -- fused batch norm: the same layer as Keras's, computed in one pass ----------------------------
+
+
+def _twin_batch_norms(channels: int, dtype_policy: str = "float32"):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same (non-trivial) weights."""
+    from fer.training.acceleration import dtype_policy as policy
+
+    with policy(dtype_policy):
+        keras_layer = keras.layers.BatchNormalization(momentum=0.9)
+        fused_layer = FusedBatchNormalization(momentum=0.9)
+    rng = np.random.default_rng(0)
+    weights = [rng.uniform(0.5, 1.5, channels), rng.normal(size=channels), rng.normal(size=channels),
+               rng.uniform(0.5, 2.0, channels)]  # gamma, beta, moving mean, moving variance
+    for layer in (keras_layer, fused_layer):
+        layer.build((None, 5, 5, channels))
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    return keras_layer, fused_layer
+
+
+def _train_step(layer, inputs):
+    """One training-mode call: the outputs, the gradients of a weighted sum of them by input, gamma and beta."""
+    import tensorflow as tf
+
+    inputs = tf.constant(inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs, training=True)
+        weights = tf.reshape(tf.range(tf.size(outputs), dtype=tf.float32), tf.shape(outputs)) / 100.0
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * weights)  # uneven weights: a non-trivial gradient
+    gradients = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    return outputs, gradients
+
+
+def test_fused_batch_norm_trains_like_keras_s_own_layer_moving_statistics_included():
+    # 2x2x2 values per channel: the fused kernel's unbiased variance is 8/7 of Keras's biased one,
+    # so a layer that forgot the correction would be 14 % off in its batch-variance term.
+    faces = np.random.default_rng(1).normal(2.0, 3.0, size=(2, 2, 2, 3)).astype(np.float32)
+    keras_layer, fused_layer = _twin_batch_norms(3)
+    keras_out, keras_grads = _train_step(keras_layer, faces)
+    fused_out, fused_grads = _train_step(fused_layer, faces)
+    np.testing.assert_allclose(fused_out, keras_out, rtol=1e-5, atol=1e-5)
+    for fused_grad, keras_grad in zip(fused_grads, keras_grads):
+        np.testing.assert_allclose(fused_grad, keras_grad, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused_layer.moving_mean, keras_layer.moving_mean, rtol=1e-6)
+    np.testing.assert_allclose(fused_layer.moving_variance, keras_layer.moving_variance, rtol=1e-6)
+
+
+def test_fused_batch_norm_in_inference_and_on_a_dense_head_is_keras_s_computation():
+    keras_layer, fused_layer = _twin_batch_norms(3)
+    faces = np.random.default_rng(2).normal(size=(4, 5, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fused_layer(faces, training=False), keras_layer(faces, training=False))
+    dense_keras, dense_fused = keras.layers.BatchNormalization(), FusedBatchNormalization()
+    features = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(dense_fused(features, training=True), dense_keras(features, training=True))
+
+
+def test_fused_batch_norm_under_mixed_bfloat16_keeps_bfloat16_activations_and_float32_statistics():
+    faces = np.random.default_rng(4).normal(size=(8, 5, 5, 3)).astype(np.float32)
+    keras_layer, fused_layer = _twin_batch_norms(3, "mixed_bfloat16")
+    keras_out, _ = _train_step(keras_layer, faces)
+    fused_out, _ = _train_step(fused_layer, faces)
+    assert fused_out.dtype == keras_out.dtype == "bfloat16"
+    assert fused_layer.moving_variance.dtype == "float32"
+    np.testing.assert_allclose(np.float32(fused_out), np.float32(keras_out), atol=0.05)  # bfloat16: 8 bits of mantissa
+    np.testing.assert_allclose(fused_layer.moving_variance, keras_layer.moving_variance, rtol=1e-3)
+
+
+def test_networks_use_fused_batch_norm_unless_keras_s_is_asked_for():
+    def kinds(model):
+        return {type(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert kinds(build_model("final")) == {FusedBatchNormalization}
+    assert kinds(build_model("baseline", batch_norm="keras")) == {keras.layers.BatchNormalization}
+    assert build_model("final", batch_norm="keras").count_params() == 5_873_096
+    with pytest.raises(ValueError, match="batch_norm must be one of fused, keras; got 'sync'"):
+        build_model("final", batch_norm="sync")
+
+
+def test_a_plain_keras_config_rebuilds_the_network_with_keras_s_layer_and_the_same_predictions():
+    network = build_model("baseline")
+    plain = keras.Model.from_config(plain_keras_config(network.get_config()))
+    plain.set_weights(network.get_weights())
+    assert FusedBatchNormalization not in {type(layer) for layer in plain.layers}
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers) == 4
+    faces = np.random.default_rng(5).uniform(0, 255, size=(3, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_array_equal(plain.predict(faces, verbose=0), network.predict(faces, verbose=0))

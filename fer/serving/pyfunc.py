@@ -222,14 +222,17 @@ def servable_copy(network):
     `keras.models.clone_model` compiles its copy again, so the copy is built from
     the network's config with every `compile_config` taken out (a network nested
     in a wrapper, such as flip averaging, carries its own), then given the
-    weights. Training checkpoints (`fer.training.checkpoints`) keep the state:
+    weights. Training-only layers become the Keras layers they compute as at
+    inference (`fer.models.plain_keras_config`), so the copy loads without fer. Training checkpoints (`fer.training.checkpoints`) keep the state:
     resuming needs it.
 
     Example:
         >>> servable_copy(network).save("model.keras")  # doctest: +SKIP
         >>> keras.saving.load_model("model.keras").predict(faces)  # the same as network.predict(faces)  # doctest: +SKIP
     """
-    copy = type(network).from_config(_without_compile_config(network.get_config()))
+    from fer.models import plain_keras_config
+
+    copy = type(network).from_config(plain_keras_config(_without_compile_config(network.get_config())))
     copy.set_weights(network.get_weights())
     return copy
 

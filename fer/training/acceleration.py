@@ -8,17 +8,19 @@ Two settings of `experiments/<phase>.yaml` (or `--set key=value`):
   tf.distribute strategy (`true` forces it on there).
 - `dtype_policy`: `auto` | `float32` | `mixed_float16` | `mixed_bfloat16`, a
   Keras dtype policy for the network. `auto` is `mixed_float16` on a GPU with
-  tensor cores (compute capability 7.0 or newer), `float32` otherwise. The
-  softmax output stays float32 either way (see `fer.models`), and Keras wraps
-  the optimizer in a LossScaleOptimizer for `mixed_float16`.
+  tensor cores (compute capability 7.0 or newer), `mixed_bfloat16` on a CPU
+  with AMX (`amx_bf16` among /proc/cpuinfo's flags, no GPU), `float32`
+  otherwise. The softmax output stays float32 either way (see `fer.models`),
+  and Keras wraps the optimizer in a LossScaleOptimizer for `mixed_float16`.
+- `batch_norm`: `fused` | `keras`: `fer.models.FusedBatchNormalization`
+  (TensorFlow's one-pass kernel in training) or Keras's own layer.
 
-Why `auto` leaves both off on a CPU: on the project's 2-core machines XLA made
-a phase-2 epoch 2.3x slower and mixed bfloat16 1.1x slower, although that CPU
-(an AMD EPYC) has AVX-512 BF16 (`python benchmarks/training.py --modes bare,bare-xla,bare-bf16`,
-BENCHMARKS.md). On a CPU with AMX (`amx_bf16` in /proc/cpuinfo) mixed bfloat16
-made the training step 2x faster instead (`python benchmarks/ceiling.py`, issue #28);
-`auto` does not pick it there yet: that waits for a pinned-epoch FER+ accuracy check.
-On GPUs both are the standard ways to go faster.
+Why: on the project's 2-core machines XLA made a phase-2 epoch 2.3x slower
+(`python benchmarks/training.py --modes bare,bare-xla`, BENCHMARKS.md), so
+`auto` leaves it off on a CPU. Mixed bfloat16 made it 1.1x slower on an AMD
+EPYC with AVX-512 BF16 but no AMX, and a FER+ epoch about 2x faster on a Xeon
+with AMX, where oneDNN runs the convolutions on the AMX tile units, at the same
+accuracy (BENCHMARKS.md, issue #28). On GPUs both are the standard ways to go faster.
 
 Every run logs what the settings resolved to (`acceleration.*` params).
 """
@@ -26,9 +28,11 @@ Every run logs what the settings resolved to (`acceleration.*` params).
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 JIT_CHOICES = ("auto", "true", "false")
 DTYPE_POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+BATCH_NORMS = ("fused", "keras")  # fer.models.FusedBatchNormalization, or keras.layers.BatchNormalization
 # Tensor cores, where float16 matmuls and convolutions run several times faster, start at Volta.
 TENSOR_CORE_CAPABILITY = (7, 0)
 
@@ -42,7 +46,25 @@ def resolve_dtype_policy(setting: str) -> str:
     """The Keras dtype policy name for a `dtype_policy` setting, `auto` resolved for this machine."""
     if setting != "auto":
         return setting
-    return "mixed_float16" if _gpus_with_tensor_cores() else "float32"
+    if _gpus_with_tensor_cores():
+        return "mixed_float16"
+    if not _gpus() and cpu_has_amx_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU reports AMX bfloat16 tiles (`amx_bf16` among its flags); False where unknown.
+
+    Example:
+        >>> cpu_has_amx_bf16()  # on a Sapphire Rapids or newer Xeon  # doctest: +SKIP
+        True
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:  # not Linux, or no procfs: no evidence of AMX
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
 
 
 @contextlib.contextmanager
@@ -71,10 +93,16 @@ def params(model) -> dict:
     }
 
 
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
 def _gpus_with_tensor_cores() -> bool:
     import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in _gpus():
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
         if capability and tuple(capability) >= TENSOR_CORE_CAPABILITY:
             return True
