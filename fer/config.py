@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fer.training.acceleration import DTYPE_POLICIES, JIT_CHOICES
+from fer.training.acceleration import BATCH_NORMS, DTYPE_POLICIES, JIT_CHOICES
 from fer.data.splits import LabelMode
 from fer.training.distribute import STRATEGIES
 
@@ -37,7 +37,7 @@ PHASES = ("phase1", "phase2")
 # The builders live in fer.models; named here so validating a config never loads TensorFlow.
 MODELS = ("baseline", "final")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 # "auto": the budgeted recipe when the run has a time budget (max_minutes), the seed's otherwise
 # (`resolve_auto`); a run's logged config holds what it resolved to.
 AUTO = "auto"
@@ -102,7 +102,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     label_mode: str = "majority"
     label_smoothing: float = 0.0
-    class_weight: str = "none"
+    class_weight: str = "none"  # none | balanced (n / (k * n_class)) | sqrt (its square root: milder)
+    ema_momentum: float = 0.0  # 0: off; e.g. 0.999: validate and serve an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # 0: off; e.g. 0.2: MixUp (Keras's layer) on training batches, Beta(alpha, alpha) weights
     seed: int = 42
     skip_bad: bool = False
     val_fraction: float = 0.1
@@ -117,6 +119,7 @@ class TrainConfig:
     checkpoint_upload_every: int = 0  # upload the checkpoint to the run every N epochs; 0: only on failure
     jit_compile: str = "auto"  # auto | true | false (see fer.training.acceleration)
     dtype_policy: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    batch_norm: str = "fused"  # fused (TensorFlow's one-pass kernel in training) | keras (see fer.models)
     system_metrics: bool = True  # CPU, memory, disk, network (and GPU) figures as system/* metrics (fer.training.system_metrics)
     system_metrics_interval: float = 10.0  # seconds between two samples of them
     augmentation: Augmentation = Augmentation()
@@ -395,6 +398,7 @@ def validate(config: TrainConfig) -> None:
              config.jit_compile)
     _require(config.dtype_policy in DTYPE_POLICIES, "dtype_policy", f"one of {', '.join(DTYPE_POLICIES)}",
              config.dtype_policy)
+    _require(config.batch_norm in BATCH_NORMS, "batch_norm", f"one of {', '.join(BATCH_NORMS)}", config.batch_norm)
     _require(config.class_weight in CLASS_WEIGHTS, "class_weight", f"one of {', '.join(CLASS_WEIGHTS)}",
              config.class_weight)
     _require(config.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}",
@@ -416,6 +420,17 @@ def validate(config: TrainConfig) -> None:
     except ValueError as err:
         raise ConfigError(str(err), key="label_mode") from None
     _require(0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)", config.label_smoothing)
+    _require(0 <= config.ema_momentum < 1, "ema_momentum", "0 (off) or a momentum in (0, 1), such as 0.999",
+             config.ema_momentum)
+    if config.ema_momentum and config.early_stopping.enabled and config.early_stopping.restore_best_weights:
+        # Keras's EarlyStopping keeps the raw weights of its best epoch, while validation scored the average.
+        raise ConfigError(
+            "ema_momentum cannot be used with early_stopping.restore_best_weights: the weights restored would be "
+            "the raw ones of the best epoch, not the average that validation scored; set "
+            "early_stopping.restore_best_weights=false or early_stopping.enabled=false", key="ema_momentum"
+        )
+    _require(config.mixup_alpha >= 0, "mixup_alpha", "0 (off) or a positive Beta parameter, such as 0.2",
+             config.mixup_alpha)
     _require(0 < config.val_fraction < 1, "val_fraction", "between 0 and 1", config.val_fraction)
     _require(0 < config.reduce_lr.factor < 1, "reduce_lr.factor", "between 0 and 1", config.reduce_lr.factor)
     for section in ("reduce_lr", "early_stopping"):

@@ -343,3 +343,26 @@ def test_repeated_training_dataset_gives_a_new_permutation_every_epoch_from_one_
         assert sorted(labels) == sorted(split.labels)  # every image once per epoch
     firsts = [np.concatenate([y for _, y in batches]).argmax(axis=1) for batches in epochs]
     assert not np.array_equal(firsts[0], firsts[1]) and not np.array_equal(firsts[1], firsts[2])
+
+
+def test_mixup_blends_each_face_with_another_and_its_target_by_the_same_weight():
+    # Every face one flat grey level per class (class k: 20 k + 10), so a blended face's
+    # pixels must equal its blended target's weights times those levels.
+    labels = np.arange(40) % 8
+    levels = 20.0 * np.arange(8) + 10.0
+    images = np.broadcast_to(levels[labels][:, None, None], (40, SIZE, SIZE)).astype(np.uint8)
+    split = Split.from_labels(images, labels)
+    x, y = next(iter(make_dataset(split, 40, training=True, seed=3, mixup_alpha=0.4)))
+    x, y = x.numpy()[..., 0], y.numpy()
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(x[:, 0, 0], y @ levels, rtol=1e-5)
+    np.testing.assert_allclose(x.min(axis=(1, 2)), x.max(axis=(1, 2)))  # a blend of flat faces is flat
+    assert (np.count_nonzero(y > 1e-6, axis=1) > 1).sum() >= 30  # most faces did blend with another class
+    again = next(iter(make_dataset(split, 40, training=True, seed=3, mixup_alpha=0.4)))
+    np.testing.assert_array_equal(again[1], y)  # stateless: the same seed, the same blends
+
+
+def test_no_mixup_keeps_one_hot_targets():
+    images, labels = make_faces(32, seed=4)
+    _, y = next(iter(make_dataset(Split.from_labels(images, labels), 32, training=True, seed=3)))
+    assert set(np.unique(y.numpy())) == {0.0, 1.0}

@@ -63,6 +63,12 @@ def test_missing_experiment_file_names_the_path(tmp_path):
         ({"max_minutes": "60", "distribute": "multi_worker"}, "max_minutes cannot be used with distribute: multi_worker"),
         ({"jit_compile": "sometimes"}, "jit_compile must be one of auto, true, false; got 'sometimes'"),
         ({"dtype_policy": "float16"}, "dtype_policy must be one of auto, float32, mixed_float16, mixed_bfloat16"),
+        ({"batch_norm": "sync"}, "batch_norm must be one of fused, keras; got 'sync'"),
+        ({"ema_momentum": "1"}, "ema_momentum must be 0 .off. or a momentum in .0, 1., such as 0.999; got 1"),
+        ({"ema_momentum": "0.999"}, "ema_momentum cannot be used with early_stopping.restore_best_weights: "
+                                    "the weights restored would be the raw ones of the best epoch"),
+        ({"mixup_alpha": "-0.2"}, "mixup_alpha must be 0 .off. or a positive Beta parameter, such as 0.2; got -0.2"),
+        ({"class_weight": "inverse"}, "class_weight must be one of none, balanced, sqrt; got 'inverse'"),
     ],
 )
 def test_bad_speed_settings_are_rejected_naming_the_setting(overrides, message):
@@ -72,7 +78,7 @@ def test_bad_speed_settings_are_rejected_naming_the_setting(overrides, message):
 
 def test_speed_settings_default_to_auto_and_yaml_booleans_are_understood(tmp_path):
     config = load_config("phase2")
-    assert (config.max_minutes, config.jit_compile, config.dtype_policy) == (0.0, "auto", "auto")
+    assert (config.max_minutes, config.jit_compile, config.dtype_policy, config.batch_norm) == (0.0, "auto", "auto", "fused")
     custom = tmp_path / "gpu.yaml"
     custom.write_text("model: final\njit_compile: true\ndtype_policy: mixed_float16\nmax_minutes: 60\n")
     config = load_config(str(custom))
@@ -195,3 +201,9 @@ def test_a_time_budget_gives_the_budgeted_recipe_and_no_budget_the_seeds():
     chosen = load_config("phase2", {"max_minutes": "60", "lr_schedule": "cosine", "tta": "none"})
     assert (chosen.lr_schedule, chosen.tta) == ("cosine", "none")  # what is given is kept
     assert load_config("phase2", {"max_minutes": "60"}).to_params()["lr_schedule"] == "linear"  # logged as resolved
+
+
+def test_weight_averaging_is_accepted_once_early_stopping_keeps_the_last_weights():
+    config = load_config("phase2", {"ema_momentum": "0.999", "early_stopping.restore_best_weights": "false"})
+    assert (config.ema_momentum, config.early_stopping.enabled) == (0.999, True)
+    assert load_config("phase2", {"ema_momentum": "0.99", "early_stopping.enabled": "false"}).ema_momentum == 0.99

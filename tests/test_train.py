@@ -184,6 +184,39 @@ def test_a_linear_schedule_with_flip_tta_run_logs_both_evaluations_and_serves_mi
     np.testing.assert_allclose(model.predict(faces), model.predict(faces[:, :, ::-1]), atol=1e-5)
 
 
+def test_with_weight_averaging_what_is_validated_each_epoch_is_what_is_served(in_process, tmp_path):
+    """ema_momentum: Keras's optimizer averages the weights, SwapEMAWeights validates the average, and fit
+    leaves the average in the model: the logged model scores on validation exactly the last val_accuracy."""
+    from fer import data as fer_data
+    from fer.serving.pyfunc import load_network
+
+    settings = {"data": "synthetic:96", "epochs": 3, "ema_momentum": 0.9, "early_stopping.enabled": False}
+    run_id = train_phase1(settings, "ema")
+    run = in_process.get_run(run_id)
+    assert run.data.params["config.ema_momentum"] == "0.9"
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "model")))
+    network = load_network(str(next(local.rglob("*.keras"))))
+    val = fer_data.load("synthetic:96", seed=42).val
+    predicted = network.predict(val.images[..., np.newaxis].astype(np.float32), verbose=0).argmax(axis=1)
+    last = max(in_process.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step).value
+    assert last == pytest.approx(np.mean(predicted == val.labels), abs=1e-6)
+
+
+def test_sqrt_class_weights_are_the_square_roots_of_balanced_ones():
+    from fer.config import load_config
+    from fer.data.splits import Split
+    from fer.training.train import _class_weights
+
+    labels = np.array([0] * 60 + [1] * 30 + [7] * 6)  # classes 2-6 absent: no weight
+    train = Split.from_labels(np.zeros((len(labels), 48, 48), np.uint8), labels)
+    balanced = _class_weights(load_config("phase1", {"class_weight": "balanced"}), train)
+    sqrt = _class_weights(load_config("phase1", {"class_weight": "sqrt"}), train)
+    assert set(sqrt) == set(balanced) == {0, 1, 7}
+    assert balanced[7] == pytest.approx(96 / (3 * 6))
+    for label in balanced:
+        assert sqrt[label] == pytest.approx(balanced[label] ** 0.5)
+
+
 def test_temperature_calibration_is_fitted_logged_and_applied_by_the_logged_model(in_process, tmp_path):
     """calibration=temperature: T fitted on validation (param and metric), eval_* are the scaled probabilities'
     (unscaled beside them), the reliability diagram is logged, and the served model returns the scaled ones."""

@@ -421,7 +421,8 @@ def training_datasets(splits: Splits, config: TrainConfig, batch_size: int):
     """
     repeat = distribute.worker_count() == 1
     train_ds = make_dataset(
-        splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed, repeat=repeat
+        splits.train, batch_size, training=True, augmentation=config.augmentation, seed=config.seed, repeat=repeat,
+        mixup_alpha=config.mixup_alpha,
     )
     return train_ds, make_dataset(splits.val, batch_size, training=False)
 
@@ -432,7 +433,7 @@ def compile_model(config: TrainConfig) -> keras.Model:
     Build it inside the strategy's scope.
     """
     with acceleration.dtype_policy(acceleration.resolve_dtype_policy(config.dtype_policy)):
-        model = build_model(config.model)
+        model = build_model(config.model, batch_norm=config.batch_norm)
     model.compile(
         optimizer=_optimizer(config),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -446,10 +447,11 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     optimizers = {
         "adam": keras.optimizers.Adam,
         "adamw": keras.optimizers.AdamW,
-        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "sgd": lambda learning_rate, **ema: keras.optimizers.SGD(learning_rate, momentum=0.9, **ema),
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return optimizers[config.optimizer](learning_rate=config.learning_rate)
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+    return optimizers[config.optimizer](learning_rate=config.learning_rate, **ema)
 
 
 # ---------------------------------------------------------------------------
@@ -468,6 +470,7 @@ def training_callbacks(
     0. `extra`, the caller's own (a sweep's pruning report, a benchmark's timer);
     1. `LearningRateLogger`, `PeakMemory`: put the epoch's rate and memory into its
        logs before anything records them, and before ReduceLROnPlateau changes the rate;
+       with `ema_momentum`, Keras's `SwapEMAWeights`: validation scores the averaged weights;
     2. the steering callbacks: the learning-rate schedule, the time limit, early stopping;
     3. `RunCheckpoint`: after the steering ones (on resume it restores their
        counters after their own on_train_begin reset them), and before MLflow's
@@ -481,6 +484,7 @@ def training_callbacks(
         *(extra or []),
         LearningRateLogger(),
         PeakMemory(),
+        *_ema_validation(config),
         *steering,
         RunCheckpoint(directory, resumed, steering),
         *([CheckpointUpload(directory, config.checkpoint_upload_every)] if config.checkpoint_upload_every else []),
@@ -517,6 +521,12 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> list[keras.callbacks
             budget_minutes=config.max_minutes,
         )
     ]
+
+
+def _ema_validation(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    # The optimizer keeps the average (use_ema); fit copies it into the model when it ends
+    # (finalize_variable_values), so what is evaluated and served is the average too.
+    return [keras.callbacks.SwapEMAWeights()] if config.ema_momentum else []
 
 
 def _time_limit(config: TrainConfig) -> list[keras.callbacks.Callback]:
@@ -563,11 +573,17 @@ def _fit(prepared: Prepared, config: TrainConfig, callbacks: list, initial_epoch
 
 
 def _class_weights(config: TrainConfig, train: Split) -> dict[int, float] | None:
-    """'balanced' weights each present class by n / (k * n_class); absent classes get none."""
+    """'balanced' weights each present class by n / (k * n_class), 'sqrt' by its square root; absent classes get none.
+
+    On FER+ balanced weights reach 21x for contempt and kept a run near chance
+    (BENCHMARKS.md, row 6); their square root, under 5x, is the milder choice.
+    """
     if config.class_weight == "none":
         return None
     present = np.unique(train.labels)
     weights = compute_class_weight("balanced", classes=present, y=train.labels)
+    if config.class_weight == "sqrt":
+        weights = np.sqrt(weights)
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
