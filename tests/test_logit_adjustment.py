@@ -1,10 +1,10 @@
-"""Logit adjustment (fer.evaluation.logit_adjustment): the prior, the adjusted probabilities and the fitted tau."""
+"""Logit adjustment (fer.evaluation.logit_adjustment): the prior, the adjusted probabilities, the fitted tau and its cross-fitted score."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from fer.evaluation.logit_adjustment import TAU_GRID, adjust, class_prior, fit_tau, offsets
+from fer.evaluation.logit_adjustment import TAU_GRID, adjust, class_prior, cross_fit, fit_tau, offsets
 
 
 def test_the_prior_is_the_laplace_smoothed_share_of_training_targets_hard_or_soft():
@@ -38,6 +38,29 @@ def test_fit_tau_recovers_the_rare_class_a_timid_network_misses_and_keeps_zero_w
 
     confident = np.column_stack([1 - (labels == 1) * 0.99 - 0.005, (labels == 1) * 0.99 + 0.005])
     assert fit_tau(labels, confident, prior) == 0.0  # nothing to gain: the plain network
+
+
+def _timid(seed, n=1000, rare_share=0.1):
+    """Labels of a two-class problem and a network that sees the rare class but never dares name it."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.uniform(size=n) < rare_share).astype(int)
+    rare_score = np.where(labels == 1, rng.uniform(0.25, 0.45, n), rng.uniform(0.0, 0.3, n))
+    return labels, np.column_stack([1 - rare_score, rare_score])
+
+
+def test_cross_fitting_scores_each_fold_with_a_tau_fitted_on_the_others():
+    labels, probabilities = _timid(0)
+    prior = class_prior(np.eye(2)[labels])
+    result = cross_fit(labels, probabilities, prior, folds=2, repeats=3)
+    assert len(result.accuracy) == len(result.macro_f1) == 3 and len(result.taus) == 6
+    assert all(tau in TAU_GRID and tau > 0 for tau in result.taus)  # each half finds the rare class
+    assert result.mean_macro_f1 > f1_score(labels, probabilities.argmax(1), average="macro") + 0.2
+    assert cross_fit(labels, probabilities, prior, repeats=3) == result  # seeded: the figure repeats
+
+
+def test_cross_fitting_with_more_folds_than_faces_per_class_is_refused():
+    with pytest.raises(ValueError, match="needs a class with at least 2 faces"):
+        cross_fit([0, 1], [[0.6, 0.4], [0.4, 0.6]], [0.5, 0.5])
 
 
 @pytest.mark.parametrize("call, match", [

@@ -265,7 +265,7 @@ def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_mode
     """logit_adjustment=fit after flip TTA: tau fitted on validation (param, metrics before/after), eval_* are
     the adjusted probabilities' (unadjusted beside them), and the served model returns the adjusted ones."""
     from fer import data as fer_data
-    from fer.evaluation.logit_adjustment import adjust, class_prior, fit_tau
+    from fer.evaluation.logit_adjustment import adjust, class_prior, cross_fit, fit_tau
 
     run_id = train_phase1({"data": "synthetic:96", "epochs": 2, "tta": "flip", "logit_adjustment": "fit"},
                           "logit-adjustment")
@@ -293,6 +293,9 @@ def test_logit_adjustment_is_fitted_on_validation_and_applied_by_the_logged_mode
         return (network.predict(faces(split), verbose=0) + network.predict(faces(split, mirror=True), verbose=0)) / 2
 
     assert tau == fit_tau(splits.val.labels, tta(splits.val), prior)
+    honest = cross_fit(splits.val.labels, tta(splits.val), prior)  # beside the optimistic after-figures
+    assert metrics["logit_adjustment_val_macro_f1_after_crossfit"] == pytest.approx(honest.mean_macro_f1, abs=1e-9)
+    assert metrics["logit_adjustment_val_accuracy_after_crossfit"] == pytest.approx(honest.mean_accuracy, abs=1e-9)
     test = splits.test
     unadjusted = tta(test)
     served_probabilities = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(faces(test))
