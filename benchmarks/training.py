@@ -25,7 +25,9 @@ as the project did before issue #28. `full` is what a run gets on this machine
 
 - full-f32: float32, Keras's batch norm (the defaults before issue #28);
 - full-bf16: mixed_bfloat16, Keras's batch norm;
-- full-fused: float32, `fer.models.FusedBatchNormalization`.
+- full-fused: float32, `fer.models.FusedBatchNormalization`;
+- full-bf16-fused: mixed_bfloat16 with the fused batch norm (what `--set dtype_policy=mixed_bfloat16`
+  gives today, and `auto` on a CPU with AMX).
 
 The first mode of `--modes` is the reference the ratios are taken against (bare by default).
 
@@ -66,6 +68,7 @@ MODES = {
     "full-f32": {"dtype_policy": "float32", "batch_norm": "keras"},
     "full-bf16": {"dtype_policy": "mixed_bfloat16", "batch_norm": "keras"},
     "full-fused": {"dtype_policy": "float32", "batch_norm": "fused"},
+    "full-bf16-fused": {"dtype_policy": "mixed_bfloat16", "batch_norm": "fused"},
 }
 
 
