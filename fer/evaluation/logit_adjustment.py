@@ -148,9 +148,10 @@ def cross_fit(labels, probabilities, prior, folds: int = 2, repeats: int = 5, gr
         raise ValueError(f"labels and probabilities must have the same, non-zero length; got {len(y)} and {len(p)}")
     if folds < 2 or repeats < 1:
         raise ValueError(f"cross-fitting needs folds >= 2 and repeats >= 1; got folds {folds}, repeats {repeats}")
-    if np.bincount(y).max() < folds:
+    largest_class = np.bincount(y).max()
+    if largest_class < folds:
         raise ValueError(f"cross-fitting with {folds} folds needs a class with at least {folds} faces; "
-                         f"the largest has {np.bincount(y).max()}")
+                         f"the largest has {largest_class}")
     classes = np.arange(p.shape[1])
     accuracy, macro_f1, taus = [], [], []
     for seed in range(repeats):
