@@ -27,7 +27,7 @@ as the project did before issue #28. `full` is what a run gets on this machine
 - full-bf16: mixed_bfloat16, Keras's batch norm;
 - full-fused: float32, `fer.models.FusedBatchNormalization`;
 - full-bf16-fused: mixed_bfloat16 with the fused batch norm (what `--set dtype_policy=mixed_bfloat16`
-  gives today, and `auto` on a CPU with AMX).
+  gives today, and `auto` on a CPU with AMX or AVX-512 BF16).
 
 The first mode of `--modes` is the reference the ratios are taken against (bare by default).
 

@@ -8,19 +8,24 @@ Two settings of `experiments/<phase>.yaml` (or `--set key=value`):
   tf.distribute strategy (`true` forces it on there).
 - `dtype_policy`: `auto` | `float32` | `mixed_float16` | `mixed_bfloat16`, a
   Keras dtype policy for the network. `auto` is `mixed_float16` on a GPU with
-  tensor cores (compute capability 7.0 or newer), `mixed_bfloat16` on a CPU
-  with AMX (`amx_bf16` among /proc/cpuinfo's flags, no GPU), `float32`
-  otherwise. The softmax output stays float32 either way (see `fer.models`),
-  and Keras wraps the optimizer in a LossScaleOptimizer for `mixed_float16`.
+  tensor cores (compute capability 7.0 or newer); on a CPU without a GPU it is
+  `mixed_bfloat16` where the CPU has bfloat16 instructions (`amx_bf16`, or
+  `avx512_bf16` with `batch_norm: fused`, among /proc/cpuinfo's flags), and
+  `float32` otherwise. The softmax output stays float32 either way (see
+  `fer.models`), and Keras wraps the optimizer in a LossScaleOptimizer for
+  `mixed_float16`.
 - `batch_norm`: `fused` | `keras`: `fer.models.FusedBatchNormalization`
   (TensorFlow's one-pass kernel in training) or Keras's own layer.
 
 Why: on the project's 2-core machines XLA made a phase-2 epoch 2.3x slower
 (`python benchmarks/training.py --modes bare,bare-xla`, BENCHMARKS.md), so
-`auto` leaves it off on a CPU. Mixed bfloat16 made it 1.1x slower on an AMD
-EPYC with AVX-512 BF16 but no AMX, and a FER+ epoch about 2x faster on a Xeon
-with AMX, where oneDNN runs the convolutions on the AMX tile units, at the same
-accuracy (BENCHMARKS.md, issue #28). On GPUs both are the standard ways to go faster.
+`auto` leaves it off on a CPU. Mixed bfloat16 made a FER+ epoch about 2x faster
+on a Xeon with AMX, where oneDNN runs the convolutions on the AMX tile units,
+and 1.78x faster on an AMD EPYC with AVX-512 BF16 but no AMX once the batch
+norm is fused; with Keras's own (unfused) batch norm, whose elementwise chain
+bfloat16 does not speed up, it was 1.1x slower there. Accuracy stayed within
+run-to-run noise (BENCHMARKS.md, issue #28). On GPUs both are the standard ways
+to go faster.
 
 Every run logs what the settings resolved to (`acceleration.*` params).
 """
@@ -42,13 +47,23 @@ def jit_compile_argument(setting: str) -> bool | str:
     return {"auto": "auto", "true": True, "false": False}[setting.lower()]
 
 
-def resolve_dtype_policy(setting: str) -> str:
-    """The Keras dtype policy name for a `dtype_policy` setting, `auto` resolved for this machine."""
+def resolve_dtype_policy(setting: str, batch_norm: str = "fused") -> str:
+    """The Keras dtype policy name for a `dtype_policy` setting, `auto` resolved for this machine.
+
+    `batch_norm` is the run's `batch_norm` setting: on a CPU with AVX-512 BF16
+    but no AMX, bfloat16 pays only with the fused batch norm (module docstring).
+
+    Example:
+        >>> resolve_dtype_policy("float32")  # an explicit policy is kept as it is
+        'float32'
+        >>> resolve_dtype_policy("auto")  # an AMD EPYC with AVX-512 BF16, no GPU  # doctest: +SKIP
+        'mixed_bfloat16'
+    """
     if setting != "auto":
         return setting
     if _gpus_with_tensor_cores():
         return "mixed_float16"
-    if not _gpus() and cpu_has_amx_bf16():
+    if not _gpus() and (cpu_has_amx_bf16() or (batch_norm == "fused" and cpu_has_avx512_bf16())):
         return "mixed_bfloat16"
     return "float32"
 
@@ -60,11 +75,29 @@ def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         >>> cpu_has_amx_bf16()  # on a Sapphire Rapids or newer Xeon  # doctest: +SKIP
         True
     """
+    return "amx_bf16" in _cpu_flags(cpuinfo)
+
+
+def cpu_has_avx512_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU reports AVX-512 bfloat16 instructions (`avx512_bf16`); False where unknown.
+
+    Example:
+        >>> cpu_has_avx512_bf16()  # on an AMD EPYC from Zen 4 on, or a Xeon from Cooper Lake on  # doctest: +SKIP
+        True
+    """
+    return "avx512_bf16" in _cpu_flags(cpuinfo)
+
+
+def _cpu_flags(cpuinfo: str | Path) -> frozenset[str]:
+    """The first `flags` line of /proc/cpuinfo, as a set; empty where there is none to read."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:  # not Linux, or no procfs: no evidence of AMX
-        return False
-    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+    except OSError:  # not Linux, or no procfs: no evidence of any flag
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
 
 
 @contextlib.contextmanager

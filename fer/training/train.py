@@ -432,7 +432,7 @@ def compile_model(config: TrainConfig) -> keras.Model:
 
     Build it inside the strategy's scope.
     """
-    with acceleration.dtype_policy(acceleration.resolve_dtype_policy(config.dtype_policy)):
+    with acceleration.dtype_policy(acceleration.resolve_dtype_policy(config.dtype_policy, config.batch_norm)):
         model = build_model(config.model, batch_norm=config.batch_norm)
     model.compile(
         optimizer=_optimizer(config),
