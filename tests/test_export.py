@@ -150,7 +150,9 @@ def artifact_paths(client, run_id: str) -> set[str]:
 
 @pytest.mark.slow
 def test_a_training_run_logs_model_onnx_that_serves_what_the_pyfunc_serves(store, tmp_path):
-    run_id = train_tiny(tta="flip")  # the served model is the flip-averaging wrapper: so must the file be
+    # the served model is the flip-averaging wrapper: so must the file be. float32 pinned: where
+    # `auto` picks mixed_bfloat16, the pyfunc computes in bfloat16 and the file in float32 (next test)
+    run_id = train_tiny(tta="flip", dtype_policy="float32")
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags[TAG_ONNX] == "logged"
     assert run.data.metrics["onnx_parity_max_abs_diff"] <= PARITY_TOLERANCE
@@ -160,6 +162,21 @@ def test_a_training_run_logs_model_onnx_that_serves_what_the_pyfunc_serves(store
     x, _ = faces(20, seed=8)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     np.testing.assert_allclose(forward(OnnxRuntimeNetwork(path), x), pyfunc.predict(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_mixed_bfloat16_run_logs_a_float32_model_onnx_that_serves_within_bfloat16_round_off(store, tmp_path):
+    run_id = train_tiny(dtype_policy="mixed_bfloat16")
+    run = store.get_run(run_id)
+    assert run.data.params["acceleration.dtype_policy"] == "mixed_bfloat16"
+    assert run.data.tags[TAG_ONNX] == "logged"
+    assert run.data.metrics["onnx_parity_max_abs_diff"] <= PARITY_TOLERANCE  # against the float32 copy it exports
+    path = store.download_artifacts(run_id, "model.onnx", str(tmp_path))
+    x, _ = faces(20, seed=8)
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)  # computed in bfloat16
+    exported = forward(OnnxRuntimeNetwork(path), x)
+    assert not np.allclose(exported, served, atol=1e-7)  # the pyfunc really is the bfloat16 network
+    np.testing.assert_allclose(exported, served, atol=5e-3)  # bfloat16 keeps 8 bits of mantissa
 
 
 @pytest.mark.slow
@@ -272,7 +289,7 @@ def test_an_onnx_engine_pyfunc_predicts_like_the_keras_one_without_importing_ten
     import re
     import subprocess
 
-    run_id = train_tiny()
+    run_id = train_tiny(dtype_policy="float32")  # both float32: the same probabilities to round-off
     result = fer("export", run_id, "--pyfunc", "-o", str(tmp_path / "emotions.onnx"))
     assert result.exit_code == 0, result.output
     uri = re.search(r"ONNX-engine pyfunc (\S+);", result.output).group(1)
