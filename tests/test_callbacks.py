@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fer.training.callbacks import AveragedBatchNormStatistics, PeakMemory, ReportEachEpoch, TimeLimit, peak_rss_mb
+from fer.training.callbacks import PeakMemory, ReportEachEpoch, TimeLimit, peak_rss_mb
 
 
 def _tiny_fit(callbacks, epochs):
@@ -88,60 +88,3 @@ def test_report_each_epoch_lets_a_run_whose_last_epoch_decided_to_stop_complete(
 def test_report_each_epoch_names_a_metric_the_logs_do_not_have():
     with pytest.raises(KeyError, match="no 'val_accuracy'.*fit needs validation data"):
         _tiny_fit([ReportEachEpoch("val_accuracy", lambda epoch, value: None)], epochs=1)
-
-
-def _statistics(norm):
-    return np.concatenate([keras.ops.convert_to_numpy(v) for v in (norm.moving_mean, norm.moving_variance)])
-
-
-class BatchNormStatistics(keras.callbacks.Callback):
-    """Records a batch norm's moving mean and variance after each training batch and during validation."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer, self.after_batch, self.in_validation, self.after_validation = layer, [], [], []
-
-    def _now(self):
-        return _statistics(self.layer)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.after_batch.append(self._now())
-
-    def on_test_batch_begin(self, batch, logs=None):
-        self.in_validation.append(self._now())
-
-    def on_test_end(self, logs=None):
-        self.after_validation.append(self._now())
-
-
-def test_averaged_batch_norm_statistics_are_validated_and_left_in_the_model_raw_ones_are_trained_on():
-    """Keras's use_ema averages trainable variables only; the batch norm's statistics get the same
-    average (first batch copied, then momentum * average + (1 - momentum) * statistic), validation
-    sees it, training goes on with the raw ones, and the model ends with the average."""
-    momentum = 0.7
-    norm = keras.layers.BatchNormalization(momentum=0.5)
-    layers = [keras.Input((3,)), keras.layers.Dense(3), norm, keras.layers.Dense(2, activation="softmax")]
-    model = keras.Sequential(layers)
-    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=momentum),
-                  loss="categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.normal(2.0, 3.0, (32, 3)).astype(np.float32)
-    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 32)]
-    raw, seen = BatchNormStatistics(norm), BatchNormStatistics(norm)
-    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, validation_data=(x[:8], y[:8]), verbose=0,
-              callbacks=[raw, keras.callbacks.SwapEMAWeights(), AveragedBatchNormStatistics(momentum), seen])
-
-    averages = [raw.after_batch[0]]
-    for value in raw.after_batch[1:]:
-        averages.append(momentum * averages[-1] + (1 - momentum) * value)
-    assert len(raw.after_batch) == 8 and not np.allclose(averages[-1], raw.after_batch[-1], atol=1e-3)
-    np.testing.assert_allclose(seen.in_validation[0], averages[3], rtol=1e-6)   # epoch 1: 4 batches
-    np.testing.assert_allclose(seen.in_validation[-1], averages[7], rtol=1e-6)  # epoch 2: 8 batches
-    np.testing.assert_allclose(seen.after_validation[0], raw.after_batch[3], rtol=1e-6)
-    np.testing.assert_allclose(_statistics(norm), averages[-1], rtol=1e-6)
-
-
-@pytest.mark.parametrize("momentum", [0, 1, -0.5])
-def test_averaged_batch_norm_statistics_need_a_momentum_inside_0_1(momentum):
-    with pytest.raises(ValueError, match="momentum must be in .0, 1."):
-        AveragedBatchNormStatistics(momentum)

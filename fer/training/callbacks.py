@@ -5,8 +5,6 @@
 - `TimeLimit`: stop after the last epoch that fits in a time budget.
 - `SkipAutologValidationEcho`: one value per epoch in every autologged metric.
 - `ReportEachEpoch`: hands an epoch's metric to someone who may stop the run (a sweep's pruner).
-- `AveragedBatchNormStatistics`: with weight averaging (`use_ema`), batch-norm statistics that
-  belong to the averaged weights.
 
 The first two put their value into the epoch's logs, so Keras's History, the
 run's `history.json` and MLflow autologging all record it like any metric.
@@ -19,7 +17,6 @@ import time
 
 import keras
 import mlflow
-import numpy as np
 
 from fer.training.schedules import epochs_that_fit
 
@@ -166,77 +163,3 @@ class SkipAutologValidationEcho(keras.callbacks.Callback):
         for callback in self._callbacks:
             if isinstance(callback, mlflow.keras.MlflowCallback):
                 callback.on_test_end = lambda logs=None: None
-
-
-class AveragedBatchNormStatistics(keras.callbacks.Callback):
-    """Averages the batch norms' moving statistics as the optimizer averages the weights (`use_ema`).
-
-    Keras's optimizer averages the trainable variables only. A batch norm's
-    moving mean and variance follow the raw weights of the last few batches,
-    so without this the averaged weights are validated (`SwapEMAWeights`) and
-    served with statistics measured under other weights: on FER+ (phase 2,
-    `ema_momentum` 0.999, 8 epochs) validation accuracy fell to 11-32 % in
-    epochs 2-5 and ended 3.2 points below the same run without averaging
-    (BENCHMARKS.md). timm's `ModelEmaV2` averages a network's buffers the same way.
-
-    After every training batch each statistic's average becomes
-    ``momentum * average + (1 - momentum) * statistic`` (the first batch copies
-    it), the optimizer's own rule and momentum, so the two averages stay in
-    step. Validation inside fit sees the averages, training resumes with the
-    raw statistics, and when training ends the averages stay in the model, as
-    fit leaves the averaged weights there. A resumed run starts its averages
-    from the restored statistics (the optimizer's average is restored whole).
-
-    Args:
-        momentum: the optimizer's `ema_momentum`, in (0, 1).
-
-    Example:
-        optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=0.999)
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy")
-        model.fit(ds, validation_data=val, epochs=8, callbacks=[
-            keras.callbacks.SwapEMAWeights(), AveragedBatchNormStatistics(0.999)])
-    """
-
-    def __init__(self, momentum: float):
-        super().__init__()
-        if not 0 < momentum < 1:
-            raise ValueError(f"momentum must be in (0, 1), the optimizer's ema_momentum; got {momentum!r}")
-        self.momentum = momentum
-        self._statistics: list = []
-        self._averages: list[np.ndarray] = []
-
-    def on_train_begin(self, logs=None):
-        self._statistics = [variable for layer in _batch_norms(self.model)
-                            for variable in (layer.moving_mean, layer.moving_variance)]
-        self._averages = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        current = [keras.ops.convert_to_numpy(variable) for variable in self._statistics]
-        if not self._averages:
-            self._averages = current
-            return
-        m = self.momentum
-        self._averages = [m * average + (1 - m) * value for average, value in zip(self._averages, current)]
-
-    def on_test_begin(self, logs=None):
-        self._raw = [keras.ops.convert_to_numpy(variable) for variable in self._statistics]
-        self._assign(self._averages)
-
-    def on_test_end(self, logs=None):
-        self._assign(self._raw)
-
-    def on_train_end(self, logs=None):
-        self._assign(self._averages)
-
-    def _assign(self, values):
-        for variable, value in zip(self._statistics, values or []):
-            variable.assign(value)
-
-
-def _batch_norms(layer):
-    """Every BatchNormalization layer inside `layer`, nested models included."""
-    for sublayer in getattr(layer, "layers", []):
-        if isinstance(sublayer, keras.layers.BatchNormalization):
-            yield sublayer
-        else:
-            yield from _batch_norms(sublayer)

@@ -61,13 +61,7 @@ from fer.evaluation import logit_adjustment
 from fer.evaluation.metrics import Evaluation, evaluate_predictions
 from fer.analysis import reports
 from fer.training import system_metrics
-from fer.training.callbacks import (
-    AveragedBatchNormStatistics,
-    LearningRateLogger,
-    PeakMemory,
-    SkipAutologValidationEcho,
-    TimeLimit,
-)
+from fer.training.callbacks import LearningRateLogger, PeakMemory, SkipAutologValidationEcho, TimeLimit
 from fer.training.checkpoints import (
     CheckpointUpload,
     ResumeError,
@@ -476,8 +470,7 @@ def training_callbacks(
     0. `extra`, the caller's own (a sweep's pruning report, a benchmark's timer);
     1. `LearningRateLogger`, `PeakMemory`: put the epoch's rate and memory into its
        logs before anything records them, and before ReduceLROnPlateau changes the rate;
-       with `ema_momentum`, Keras's `SwapEMAWeights` and `AveragedBatchNormStatistics`:
-       validation scores the averaged weights with their averaged batch-norm statistics;
+       with `ema_momentum`, Keras's `SwapEMAWeights`: validation scores the averaged weights;
     2. the steering callbacks: the learning-rate schedule, the time limit, early stopping;
     3. `RunCheckpoint`: after the steering ones (on resume it restores their
        counters after their own on_train_begin reset them), and before MLflow's
@@ -532,12 +525,8 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> list[keras.callbacks
 
 def _ema_validation(config: TrainConfig) -> list[keras.callbacks.Callback]:
     # The optimizer keeps the average (use_ema); fit copies it into the model when it ends
-    # (finalize_variable_values), so what is evaluated and served is the average too. The batch
-    # norms' statistics are not trainable variables: without their own average they would belong
-    # to the raw weights (on FER+ that cost 3.2 points).
-    if not config.ema_momentum:
-        return []
-    return [keras.callbacks.SwapEMAWeights(), AveragedBatchNormStatistics(config.ema_momentum)]
+    # (finalize_variable_values), so what is evaluated and served is the average too.
+    return [keras.callbacks.SwapEMAWeights()] if config.ema_momentum else []
 
 
 def _time_limit(config: TrainConfig) -> list[keras.callbacks.Callback]:
